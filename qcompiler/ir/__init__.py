@@ -1,0 +1,8 @@
+"""Our textual IR: printing (and shape inference for nodes that passes create)."""
+
+from __future__ import annotations
+
+from qcompiler.ir.meta import infer_node_meta
+from qcompiler.ir.printer import print_program, type_str
+
+__all__ = ["infer_node_meta", "print_program", "type_str"]

@@ -1,0 +1,153 @@
+"""Textual IR: deterministic, one op per line, MLIR-flavoured, FileCheck-friendly.
+
+    qc.func @main(%input_ids: tensor<1x?xi64>) -> tensor<1x?x512xf32> {
+      %model_norm_weight = qc.param "model.norm.weight" : tensor<128xf32>
+      %linear = aten.linear(%mul_3, %model_layers_0_self_attn_q_proj_weight) : tensor<1x?x128xf32>
+      %qlinear = qc.linear_razer4(%x, %codes, %scales, %meta) {group_size = 128, ...} : ...
+      qc.return %linear_14 : tensor<1x?x512xf32>
+    }
+
+Value names are the fx node names (stable: torch.export names nodes deterministically, and our
+passes derive new names from old ones). Dynamic sizes print as `?`. Tensors are never printed,
+only their types; keyword arguments print as `{key = value}` attributes (this is where the
+quantized ops carry format, group size and shape). We do not use PyTorch's own graph printing,
+whose format changes between releases.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from qcompiler.ir.meta import infer_node_meta
+
+DTYPES = {
+    torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
+    torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
+    torch.uint8: "ui8", torch.bool: "i1", torch.float8_e4m3fn: "f8E4M3FN",
+    torch.float8_e5m2: "f8E5M2",
+}
+
+
+def print_program(program: Any) -> str:
+    """The whole program as text (a `Program`, or a bare GraphModule)."""
+    gm = program.gm if hasattr(program, "gm") else program
+    graph: fx.Graph = gm.graph
+    lines: list[str] = []
+    source = getattr(program, "source", "")
+    kind = getattr(program, "kind", "module")
+    lines.append(f"// qcompiler IR: source={source or '<module>'} kind={kind}")
+    for entry in (getattr(program, "meta", {}) or {}).get("quantize_report", []):
+        lines.append("// " + entry)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    output = next(n for n in graph.nodes if n.op == "output")
+    sig_in = ", ".join(f"%{n.name}: {type_str(n)}" for n in placeholders)
+    sig_out = _result_types(output.args[0])
+    lines.append(f"qc.func @main({sig_in}) -> {sig_out} {{")
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            lines.append(f"  qc.return {_operand(output.args[0])} : {sig_out}")
+        elif node.op == "get_attr":
+            lines.append(f'  %{node.name} = qc.param "{node.target}" : {type_str(node)}')
+        else:
+            lines.append(_op_line(node))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def type_str(node: fx.Node) -> str:
+    val = node.meta.get("val")
+    if val is None and node.op in ("call_function", "get_attr"):
+        try:
+            val = infer_node_meta(node)
+        except Exception:  # a type we cannot infer prints as unknown rather than failing
+            val = None
+    return _val_type(val)
+
+
+def _val_type(val: Any) -> str:
+    if isinstance(val, torch.Tensor):
+        dims = "x".join(str(d) if isinstance(d, int) else "?" for d in val.shape)
+        dtype = DTYPES.get(val.dtype, str(val.dtype).removeprefix("torch."))
+        return f"tensor<{dims}x{dtype}>" if dims else f"tensor<{dtype}>"
+    if isinstance(val, (tuple, list)):
+        return "(" + ", ".join(_val_type(v) for v in val) + ")"
+    if isinstance(val, torch.SymInt):
+        return "index"
+    if isinstance(val, bool):
+        return "i1"
+    if isinstance(val, int):
+        return "index"
+    if isinstance(val, float):
+        return "f64"
+    return "none" if val is None else "?"
+
+
+def _op_line(node: fx.Node) -> str:
+    name = _op_name(node)
+    args = ", ".join(_operand(a) for a in node.args)
+    attrs = ""
+    if node.kwargs:
+        attrs = " {" + ", ".join(f"{k} = {_attr(v)}" for k, v in node.kwargs.items()) + "}"
+    return f"  %{node.name} = {name}({args}){attrs} : {type_str(node)}"
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    if node.op == "call_module":
+        return f"qc.call_module @{target}"
+    if isinstance(target, torch._ops.OpOverload):
+        ns, op = target.namespace, target._schema.name.split("::")[-1]
+        overload = "" if target._overloadname == "default" else f".{target._overloadname}"
+        return f"{ns}.{op}{overload}"
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return f"hop.{target.__name__}"
+    module = getattr(target, "__module__", "") or ""
+    if module.startswith("_operator") or module == "operator":
+        return f"py.{target.__name__}"
+    return f"py.{getattr(target, '__qualname__', str(target))}"
+
+
+def _operand(a: Any) -> str:
+    if isinstance(a, fx.Node):
+        return f"%{a.name}"
+    if isinstance(a, (tuple, list)):
+        return "[" + ", ".join(_operand(x) for x in a) + "]"
+    return _attr(a)
+
+
+def _attr(v: Any) -> str:
+    if isinstance(v, fx.Node):
+        return f"%{v.name}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_attr(x) for x in v) + "]"
+    if isinstance(v, torch.dtype):
+        return DTYPES.get(v, str(v).removeprefix("torch."))
+    if isinstance(v, (torch.device, torch.memory_format, torch.layout)):
+        return f"#{v}"
+    if isinstance(v, torch.Tensor):
+        return f"dense<...> : {_val_type(v)}"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def _result_types(result: Any) -> str:
+    if isinstance(result, fx.Node):
+        return type_str(result)
+    if isinstance(result, (tuple, list)):
+        return "(" + ", ".join(_result_types(r) for r in result) + ")"
+    return _val_type(result)
