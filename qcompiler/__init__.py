@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+# Import the function eagerly: a lazy wrapper named `capture` would be replaced by the submodule
+# `qcompiler.capture` the first time anything imports that module.
+from qcompiler.capture import capture
 from qcompiler.errors import QCompilerError
 from qcompiler.program import Program
 
 __version__ = "0.1.0"
 __all__ = ["Program", "QCompilerError", "__version__", "capture"]
-
-
-def capture(source, *args, **kwargs) -> Program:
-    """Capture a model (module, HF dir, .pt2, pickled module or `zoo:` name) as a Program."""
-    from qcompiler.capture import capture as _capture
-
-    return _capture(source, *args, **kwargs)

@@ -1,0 +1,51 @@
+# lit configuration: `lit lit_tests` (make test runs it).
+# Substitutions: %PYTHON, qcompile, qc-opt, FileCheck (the Python `filecheck` package),
+# and %not (inverts an exit code, for error tests). Feature `gpu` when CUDA is usable;
+# a folder needing it says `config.unsupported = "gpu" not in config.available_features`.
+import os
+import shutil
+import subprocess
+import sys
+
+import lit.formats
+
+config.name = "qcompiler"
+config.test_format = lit.formats.ShTest(execute_external=False)
+config.suffixes = [".py", ".test"]
+config.excludes = ["lit.cfg.py", "lit.local.cfg", "Inputs", "conftest.py"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.test_source_root, "Output")
+
+python = sys.executable
+bindir = os.path.dirname(python)
+
+
+def tool(name):
+    path = shutil.which(name, path=bindir) or shutil.which(name)
+    if path is None:
+        lit_config.fatal(f"{name} not found; run `make venv` first")
+    return path
+
+
+config.substitutions.append(("%PYTHON", python))
+config.substitutions.append(("%not", f"{python} -m qcompiler.testing.not_"))
+config.substitutions.append(("qcompile ", tool("qcompile") + " "))
+config.substitutions.append(("qc-opt ", tool("qc-opt") + " "))
+config.substitutions.append(("FileCheck", tool("filecheck")))
+
+for var in ("HOME", "PATH", "TMPDIR", "HF_HOME"):
+    if var in os.environ:
+        config.environment[var] = os.environ[var]
+config.environment["HF_HUB_OFFLINE"] = "1"
+config.environment["PYTHONWARNINGS"] = "ignore"
+config.environment["TRITON_INTERPRET"] = "1"
+
+try:
+    has_gpu = subprocess.run(
+        [python, "-c", "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
+        capture_output=True, timeout=120,
+    ).returncode == 0
+except Exception:
+    has_gpu = False
+if has_gpu:
+    config.available_features.add("gpu")

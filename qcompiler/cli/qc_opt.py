@@ -1,0 +1,76 @@
+"""`qc-opt`: run a pass pipeline over a model and print the IR (the tool lit tests drive).
+
+    qc-opt zoo:llama-tiny -p canonicalize,quantize-report --print-ir-after-all
+    qc-opt model.pt2 -p 'lower-datatype{format=razer4,group-size=64}'
+    qc-opt --list-passes
+
+The IR goes to stdout; dumps, timing and statistics go to stderr, as in mlir-opt.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from qcompiler.cli import common
+from qcompiler.errors import UsageError
+
+
+def build_parser() -> common.ArgumentParser:
+    p = common.ArgumentParser(prog="qc-opt", description="Run passes over a model, print the IR.")
+    p.add_argument("model", nargs="?", help="HF model dir, .pt2 archive, or zoo:NAME")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a pickled module (runs code from the file)")
+    p.add_argument("-p", "--pipeline", default="", help="pass pipeline 'a,b{k=v},c' or a named one")
+    p.add_argument("--list-passes", action="store_true", help="list the registered passes")
+    p.add_argument("--list-pipelines", action="store_true", help="list the named pipelines")
+    p.add_argument("--emit", choices=["ir", "mlir"], default="ir", help="output form")
+    p.add_argument("-o", "--output", help="write the output to this file instead of stdout")
+    common.add_pass_manager_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    common.quiet_libraries()
+    return common.run_main(lambda: _run(args), lambda: args.verbose)
+
+
+def _run(args) -> int:
+    if args.list_passes:
+        from qcompiler.cli.list_cmd import print_passes
+
+        print_passes()
+        return common.EXIT_OK
+    if args.list_pipelines:
+        from qcompiler.cli.list_cmd import print_pipelines
+
+        print_pipelines()
+        return common.EXIT_OK
+    if not args.model:
+        raise UsageError("missing MODEL (an HF dir, a .pt2 archive or zoo:NAME); see --help")
+    from pathlib import Path
+
+    from qcompiler.capture import capture
+    from qcompiler.cli.qcompile import _write_text
+    from qcompiler.pass_manager import PassManager
+    from qcompiler.passes_base import PassContext
+    from qcompiler.pipeline import parse_pipeline, resolve_pipeline
+
+    passes = parse_pipeline(resolve_pipeline(args.pipeline or "", None, None)) if args.pipeline else []
+    program = capture(args.model, trust_pickle=args.trust_pickle)
+    ctx = PassContext(verbose=args.verbose, quiet=args.quiet)
+    program = PassManager(passes, **common.pass_manager_kwargs(args)).run(program, ctx)
+    if args.emit == "mlir":
+        from qcompiler.mlir_emit import emit_mlir
+
+        text = emit_mlir(program)
+    else:
+        from qcompiler.ir import print_program
+
+        text = print_program(program)
+    _write_text(text, Path(args.output) if args.output else None, force=True)
+    return common.EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""`qcompile`: compile a model to a quantized artifact (or print its IR / MLIR).
+
+    qcompile MODEL --format razer4 -o out/          compile to an artifact directory
+    qcompile MODEL --format razer4 --emit ir        print the compiled IR to stdout
+    qcompile MODEL --format razer4 --emit mlir      print torch-dialect MLIR to stdout
+    qcompile eval OUT --reference MODEL             compare against the original model
+    qcompile run OUT --prompt "..."                 greedy generation with a compiled model
+    qcompile formats | qcompile zoo | qcompile pipelines     list what is available
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from qcompiler.cli import common
+from qcompiler.errors import QCompilerError, UsageError
+
+SUBCOMMANDS = {
+    "eval": "qcompiler.cli.eval_cmd",
+    "run": "qcompiler.cli.run_cmd",
+    "formats": "qcompiler.cli.list_cmd",
+    "zoo": "qcompiler.cli.list_cmd",
+    "pipelines": "qcompiler.cli.list_cmd",
+}
+
+
+def build_parser() -> common.ArgumentParser:
+    p = common.ArgumentParser(
+        prog="qcompile",
+        description="Compile a model to 4-bit weights (RaZeR, PoT, FP4, INT4, NF4, MX, NVFP4).",
+        epilog="Subcommands: qcompile eval|run|formats|zoo|pipelines --help",
+    )
+    common.add_model_args(p)
+    p.add_argument("--format", "-f", help="target format, e.g. razer4, fp4, int4, pot4, nvfp4")
+    p.add_argument("--pipeline", "-p",
+                   help="pass pipeline (a named one such as razer4-max, or 'a,b{k=v},c')")
+    p.add_argument("--group-size", "-g", type=int, help="quantization group size along K")
+    p.add_argument("-o", "--output", metavar="OUT", help="artifact directory (or file for ir/mlir)")
+    p.add_argument("--emit", choices=["artifact", "ir", "mlir"],
+                   help="what to produce (default: artifact with -o, else ir on stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    p.add_argument("--print-pipeline", action="store_true",
+                   help="print the pipeline that --format/--pipeline expands to, and exit")
+    common.add_pass_manager_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        return module.main(argv)
+    args = build_parser().parse_args(argv)
+    common.quiet_libraries()
+    return common.run_main(lambda: _compile(args), lambda: args.verbose)
+
+
+def _compile(args) -> int:
+    from qcompiler.pipeline import format_pipeline, parse_pipeline, resolve_pipeline
+
+    if args.format is None and args.pipeline is None:
+        raise UsageError("say what to compile to: --format FMT (see 'qcompile formats') "
+                         "or --pipeline SPEC")
+    if args.format is not None:
+        _check_format(args.format)
+    spec = resolve_pipeline(args.pipeline, args.format, args.group_size)
+    passes = parse_pipeline(spec)
+    if args.print_pipeline:
+        print(format_pipeline(passes))
+        return common.EXIT_OK
+    emit = args.emit or ("artifact" if args.output else "ir")
+    if emit == "artifact" and not args.output:
+        raise UsageError("--emit artifact needs -o OUT (the directory to write)")
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+
+    from qcompiler.capture import capture
+    from qcompiler.pass_manager import PassManager
+    from qcompiler.passes_base import PassContext
+
+    program = capture(args.model, trust_pickle=args.trust_pickle)
+    ctx = PassContext(verbose=args.verbose, quiet=args.quiet)
+    pm = PassManager(passes, **common.pass_manager_kwargs(args))
+    program = pm.run(program, ctx)
+    pipeline_text = format_pipeline(passes)
+
+    if emit == "artifact":
+        from qcompiler.artifact import write_artifact
+
+        path = write_artifact(program, out, pipeline=pipeline_text, format=args.format or "",
+                              report=ctx.report, force=args.force)
+        if not args.quiet:
+            sys.stderr.write(f"wrote {path}\n")
+        return common.EXIT_OK
+    if emit == "mlir":
+        from qcompiler.mlir_emit import emit_mlir
+
+        text = emit_mlir(program)
+    else:
+        from qcompiler.ir import print_program
+
+        text = print_program(program)
+    _write_text(text, out, args.force)
+    return common.EXIT_OK
+
+
+def _check_format(name: str) -> None:
+    from qcompiler import formats
+
+    try:
+        formats.get(name)
+    except QCompilerError as e:
+        raise UsageError(str(e)) from None
+
+
+def _write_text(text: str, out: Path | None, force: bool) -> None:
+    """stdout, or a file written whole (temp file renamed into place)."""
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise QCompilerError(f"cannot write {out}: {e.strerror}") from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

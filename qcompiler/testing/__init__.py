@@ -1,0 +1,1 @@
+"""Helpers for the test suites (lit and pytest)."""
