@@ -1,0 +1,229 @@
+"""`Format` and `QTensor`: what every datatype provides and what quantizing produces.
+
+Passes, kernels and reports ask a `Format` for everything (bits, scale type, code table, bits per
+weight, quantize, dequantize) so that nothing outside this package re-implements a codebook.
+Formats are frozen dataclasses: one immutable instance per registry name, options travel as call
+arguments and end up in `QTensor.opts`.
+
+The base class owns the checks every format needs (2-D finite input, group size allowed and
+dividing K, a known search), the group reshaping and the bit packing; a subclass implements
+`_encode` (float32 groups [N, K/G, G] -> codes and scales) and `_decode` (the inverse).
+Layouts follow docs/CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from qcompiler.errors import QCompilerError
+from qcompiler.formats import packing
+from qcompiler.formats.scale_search import ErrorMeasure, check_search
+
+ScaleType = Literal["fp16", "e4m3", "e8m0", "e3m3", "pow2", "fp32"]
+Role = Literal["weight", "activation", "both"]
+TENSOR_KEYS = ("codes", "scales", "zeros", "meta", "global_scale")
+
+
+@dataclass(frozen=True, eq=False)
+class QTensor:
+    """A quantized [N, K] tensor: packed codes plus per-group scales and metadata.
+
+    codes: uint8, packed along K (packing.py). scales: [N, K/G]. zeros: [N, K/G] uint8 (integer
+    asymmetric formats). meta: [N, K/G] uint8 (RaZeR: index of the group's special value).
+    global_scale: float32 per-tensor scale (NVFP4 family). opts: the format options that
+    dequantization needs (JSON-friendly values only).
+    """
+
+    format: str
+    shape: tuple[int, int]
+    group_size: int
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None = None
+    meta: torch.Tensor | None = None
+    global_scale: torch.Tensor | None = None
+    opts: dict[str, Any] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The non-None tensors under their contract names."""
+        out = {k: getattr(self, k) for k in TENSOR_KEYS}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_tensors(cls, format: str, shape: tuple[int, int], group_size: int,
+                     tensors: dict[str, torch.Tensor], opts: dict[str, Any] | None = None) -> QTensor:
+        unknown = set(tensors) - set(TENSOR_KEYS)
+        if unknown:
+            raise ValueError(f"unknown QTensor parts {sorted(unknown)}; expected {TENSOR_KEYS}")
+        return cls(format=format, shape=(int(shape[0]), int(shape[1])), group_size=int(group_size),
+                   codes=tensors["codes"], scales=tensors["scales"], zeros=tensors.get("zeros"),
+                   meta=tensors.get("meta"), global_scale=tensors.get("global_scale"),
+                   opts=dict(opts or {}))
+
+    def to(self, device: torch.device | str) -> QTensor:
+        moved = {k: v.to(device) for k, v in self.tensors().items()}
+        return QTensor.from_tensors(self.format, self.shape, self.group_size, moved, self.opts)
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def nbytes(self) -> int:
+        """Bytes of storage, all parts together."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What a format's `_encode` returns: unpacked codes [N, G, gs] and the side tensors."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None = None
+    meta: torch.Tensor | None = None
+    global_scale: torch.Tensor | None = None
+    opts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Format:
+    """A quantization datatype. Subclasses implement `_encode`, `_decode` and `codebook`."""
+
+    name: str
+    bits: int
+    default_group_size: int | None
+    group_sizes: tuple[int, ...]
+    scale_type: ScaleType
+    has_zero_point: bool
+    role: Role
+    description: str = ""
+    default_search: str = "clip"
+    # name -> allowed values (None: any value of the right kind), for `quantize(**opts)`
+    options: tuple[tuple[str, tuple[Any, ...] | None], ...] = ()
+    per_row: ClassVar[bool] = False  # group_size=None means one group per row (activations)
+
+    # ------------------------------------------------------------------ public API
+
+    def bits_per_weight(self, group_size: int | None = None) -> float:
+        """Storage bits per element including scales, zeros and metadata (per-tensor scalars
+        such as NVFP4's global scale are not counted: they vanish per element)."""
+        g = self._group_size_for_bits(group_size)
+        return self.bits + self.group_overhead_bits() / g
+
+    def group_overhead_bits(self) -> int:
+        """Bits stored once per group (scale, zero point, special-value index)."""
+        return {"fp16": 16, "fp32": 32, "e4m3": 8, "e8m0": 8, "e3m3": 8, "pow2": 8}[self.scale_type]
+
+    def codebook(self, **opts: Any) -> torch.Tensor:
+        """Code -> value table (float32, index = code), before the scale is applied."""
+        raise NotImplementedError
+
+    def grid(self, **opts: Any) -> torch.Tensor:
+        """Alias of `codebook`, the values a kernel's decode must reproduce."""
+        return self.codebook(**opts)
+
+    def quantize(self, w: torch.Tensor, group_size: int | None = None, *, search: str | None = None,
+                 x: torch.Tensor | None = None, **opts: Any) -> QTensor:
+        """Quantize a [N, K] tensor, groups of `group_size` along K.
+
+        search: "clip" (scale search, default for weight formats) or "rtn" (absmax, no search).
+        x: optional calibration activations [T, K]: the search then minimises output error.
+        """
+        search = self.default_search if search is None else search
+        check_search(self.name, search)
+        opts = self._check_options(opts)
+        w = self._check_input(w)
+        n, k = w.shape
+        g = self.resolve_group_size(k, group_size)
+        if x is not None and x.shape[-1] != k:
+            raise QCompilerError(f"format '{self.name}': calibration activations have "
+                                 f"{x.shape[-1]} features, the weight has K={k}")
+        measure = ErrorMeasure(x, g, self.name)
+        wg = w.detach().to(torch.float32).reshape(n, k // g, g)
+        enc = self._encode(wg, search, measure, opts)
+        codes = packing.pack(enc.codes.reshape(n, k), self.bits)
+        return QTensor(format=self.name, shape=(n, k), group_size=g, codes=codes,
+                       scales=enc.scales, zeros=enc.zeros, meta=enc.meta,
+                       global_scale=enc.global_scale, opts=dict(enc.opts))
+
+    def dequantize(self, q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The [N, K] tensor that `q` stands for."""
+        if q.format != self.name:
+            raise QCompilerError(f"format '{self.name}' cannot dequantize a '{q.format}' tensor")
+        n, k = q.shape
+        codes = packing.unpack(q.codes, self.bits, k).reshape(n, k // q.group_size, q.group_size)
+        return self._decode(codes, q).reshape(n, k).to(dtype)
+
+    def resolve_group_size(self, k: int, group_size: int | None) -> int:
+        """The group size to use for K, or a one-line error that says which one would work."""
+        if group_size is None:
+            group_size = k if self.per_row or self.default_group_size is None else self.default_group_size
+        if group_size == k and self.per_row:
+            return k
+        if group_size not in self.group_sizes:
+            allowed = ", ".join(str(g) for g in self.group_sizes)
+            raise QCompilerError(f"format '{self.name}': group size {group_size} is not allowed "
+                                 f"(allowed: {allowed})")
+        if k % group_size:
+            fits = [g for g in self.group_sizes if k % g == 0]
+            hint = (f"use group size {max(fits)}" if fits else
+                    f"no allowed group size divides K; pad K to a multiple of {min(self.group_sizes)}")
+            raise QCompilerError(f"format '{self.name}': group size {group_size} does not divide "
+                                 f"K={k}; {hint}")
+        return group_size
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
+                opts: dict[str, Any]) -> Encoded:
+        raise NotImplementedError
+
+    def _decode(self, codes: torch.Tensor, q: QTensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _group_size_for_bits(self, group_size: int | None) -> int:
+        g = self.default_group_size if group_size is None else group_size
+        if g is None:
+            raise QCompilerError(f"format '{self.name}': bits per weight needs a group size "
+                                 f"(it is per-token by default)")
+        if g not in self.group_sizes and not self.per_row:
+            allowed = ", ".join(str(x) for x in self.group_sizes)
+            raise QCompilerError(f"format '{self.name}': group size {g} is not allowed "
+                                 f"(allowed: {allowed})")
+        return g
+
+    def _check_options(self, opts: dict[str, Any]) -> dict[str, Any]:
+        allowed = dict(self.options)
+        out = {}
+        for key, value in opts.items():
+            if key not in allowed:
+                known = ", ".join(sorted(allowed)) or "none"
+                close = difflib.get_close_matches(key, list(allowed), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise QCompilerError(f"format '{self.name}' has no option '{key}' "
+                                     f"(options: {known}){hint}")
+            choices = allowed[key]
+            if choices is not None and value not in choices:
+                raise QCompilerError(f"format '{self.name}': option {key}={value!r} is not one of "
+                                     f"{', '.join(map(str, choices))}")
+            out[key] = value
+        return out
+
+    def _check_input(self, w: torch.Tensor) -> torch.Tensor:
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise QCompilerError(f"format '{self.name}': expected a 2-D [N, K] tensor, got {shape}")
+        if not w.is_floating_point():
+            raise QCompilerError(f"format '{self.name}': expected a floating-point tensor, "
+                                 f"got {w.dtype}")
+        bad = ~torch.isfinite(w)
+        if bad.any():
+            count = int(bad.sum())
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise QCompilerError(f"format '{self.name}': the tensor has {count} NaN/Inf value(s) "
+                                 f"(first at {first}); quantization needs finite values")
+        return w

@@ -1,0 +1,144 @@
+"""Choosing per-group scales by measured error instead of by absmax alone.
+
+`search="rtn"` is the textbook rule: the scale maps the group's extreme onto the grid's extreme
+(absmax / max|grid|), nothing is clipped. `search="clip"` tries a grid of clip ratios r <= 1
+(scale = r * rtn scale, so the largest values saturate) and keeps, per group, the ratio with the
+smallest error. r = 1 is always the first candidate and a candidate replaces the best only when
+strictly better, so clip search is never worse than RTN on its own objective and quantizing an
+already-quantized tensor finds the same scale again (idempotence).
+
+The objective is the weight MSE of the group by default. With calibration activations x [T, K]
+it is the group's share of the output error ||x w^T - x w_hat^T||^2: the block-diagonal part
+e_g^T H_gg e_g with H = x^T x / T. Cross-group terms are left out so that every group can pick
+its ratio independently (vectorized); AWQ's clip search makes the same approximation.
+
+Ratios: 6 coarse ones from 1.0 down to a floor that depends on the bits, then 4 local steps around
+each group's best (10 evaluations, final spacing about 0.02 at 4 bits). The loop runs over these
+candidates, never over groups: every step is one tensor op over all groups.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+
+from qcompiler.errors import QCompilerError
+
+Search = Literal["rtn", "clip"]
+SEARCHES: tuple[str, ...] = ("rtn", "clip")
+
+# Smallest clip ratio tried, by code bits: coarser grids profit from clipping harder.
+_MIN_RATIO = {2: 0.35, 3: 0.5, 4: 0.6, 8: 0.8}
+COARSE_STEPS = 6
+FP16_MAX = 65504.0
+
+
+def check_search(fmt: str, search: str) -> None:
+    if search not in SEARCHES:
+        raise QCompilerError(f"format '{fmt}': unknown search '{search}'; use one of "
+                             f"{', '.join(SEARCHES)}")
+
+
+def clip_ratios(bits: int, search: str) -> tuple[float, ...]:
+    """The coarse ratios: (1.0,) for RTN, else 6 ratios from 1.0 down to the bits' floor."""
+    if search == "rtn":
+        return (1.0,)
+    lo = _MIN_RATIO.get(bits, 0.6)
+    return tuple(1.0 - (1.0 - lo) * i / (COARSE_STEPS - 1) for i in range(COARSE_STEPS))
+
+
+def refine_steps(bits: int) -> tuple[float, ...]:
+    """Local steps tried around each group's best coarse ratio: half, then a quarter of the
+    coarse spacing. 6 coarse + 4 local = 10 evaluations, resolution (1 - floor) / 20."""
+    spacing = (1.0 - _MIN_RATIO.get(bits, 0.6)) / (COARSE_STEPS - 1)
+    return (spacing / 2, spacing / 4)
+
+
+def search_ratio(evaluate: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, bits: int,
+                 search: str) -> torch.Tensor:
+    """Per-group clip ratio [N, G, 1] minimising `evaluate(ratio [N, G, 1]) -> error [N, G]`.
+
+    Coarse grid first (the same for every group), then a local search around each group's best
+    ratio (per-group ratios, still one tensor op per candidate). Ratios stay <= 1.
+    """
+    n, g = like.shape[0], like.shape[1]
+    best = RunningBest()
+    for r in clip_ratios(bits, search):
+        ratio = torch.full((n, g, 1), r, dtype=torch.float32, device=like.device)
+        best.offer(evaluate(ratio), ratio=ratio)
+    if search == "rtn":
+        return best["ratio"]
+    for step in refine_steps(bits):
+        center = best["ratio"]
+        for d in (step, -step):
+            ratio = (center + d).clamp(min=0.05, max=1.0)
+            best.offer(evaluate(ratio), ratio=ratio)
+    return best["ratio"]
+
+
+def to_fp16_scale(s: torch.Tensor) -> torch.Tensor:
+    """Round scales to the fp16 values they will be stored as (float32 out, saturating)."""
+    return s.clamp(max=FP16_MAX).to(torch.float16).to(torch.float32)
+
+
+def pow2_ceil(s: torch.Tensor) -> torch.Tensor:
+    """Smallest power of two >= s (0 stays 0): ZeroQuant-FP's M1 scale constraint."""
+    m, ex = torch.frexp(s)
+    ex = torch.where(m == 0.5, ex - 1, ex)  # exact powers of two stay
+    return torch.where(s > 0, torch.ldexp(torch.ones_like(s), ex.to(s.dtype)), torch.zeros_like(s))
+
+
+def safe(s: torch.Tensor) -> torch.Tensor:
+    """Scale usable as a divisor: zero scales (all-zero groups) become 1."""
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+class ErrorMeasure:
+    """Per-group error of a candidate: weight MSE, or output MSE with calibration activations."""
+
+    def __init__(self, x: torch.Tensor | None, group_size: int, fmt: str = "") -> None:
+        self.hessian: torch.Tensor | None = None
+        self.activations: torch.Tensor | None = None  # [T, K] float32, for full-layer refinement
+        if x is not None:
+            xf = x.detach().to(torch.float32).reshape(-1, x.shape[-1])
+            if not torch.isfinite(xf).all():
+                raise QCompilerError(f"format '{fmt}': calibration activations x contain NaN/Inf")
+            self.activations = xf
+            t, k = xf.shape
+            xg = xf.reshape(t, k // group_size, group_size)
+            self.hessian = torch.einsum("tgi,tgj->gij", xg, xg) / max(t, 1)
+
+    @property
+    def uses_activations(self) -> bool:
+        return self.hessian is not None
+
+    def __call__(self, dy: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Error per group [N, G] of dequantized-minus-original `dy * s` (dy: [N, G, gs])."""
+        if self.hessian is None:
+            return torch.einsum("ngi,ngi->ng", dy, dy) * s[..., 0].square()
+        e = dy * s
+        return (torch.einsum("ngi,gij->ngj", e, self.hessian) * e).sum(-1)
+
+
+class RunningBest:
+    """Keeps, per group, the smallest error seen and the candidate tensors that produced it."""
+
+    def __init__(self) -> None:
+        self.err: torch.Tensor | None = None
+        self.state: dict[str, torch.Tensor] = {}
+
+    def offer(self, err: torch.Tensor, **state: torch.Tensor) -> None:
+        """err [N, G]; each state tensor [N, G] or [N, G, 1]. Ties keep the earlier candidate."""
+        if self.err is None:
+            self.err = err
+            self.state = dict(state)
+            return
+        better = err < self.err
+        self.err = torch.where(better, err, self.err)
+        for name, value in state.items():
+            cond = better if value.dim() == better.dim() else better.unsqueeze(-1)
+            self.state[name] = torch.where(cond, value, self.state[name])
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.state[name]
