@@ -9,4 +9,18 @@ from qcompiler.errors import QCompilerError
 from qcompiler.program import Program
 
 __version__ = "0.1.0"
-__all__ = ["Program", "QCompilerError", "__version__", "capture"]
+__all__ = ["Program", "QCompilerError", "__version__", "capture", "compile", "load"]
+
+
+def compile(model, **options):  # noqa: A001  (qcompiler.compile, as the design names it)
+    """Compile a model: see `qcompiler.driver.compile` for the options."""
+    from qcompiler.driver import compile as _compile
+
+    return _compile(model, **options)
+
+
+def load(path, **options):
+    """Load a compiled artifact as a runnable module: see `qcompiler.runtime.load`."""
+    from qcompiler.runtime import load as _load
+
+    return _load(path, **options)

@@ -80,6 +80,8 @@ def run_main(body: Callable[[], int], verbose: Callable[[], int] = lambda: 0) ->
         sys.stderr.write(f"error: {e}\n")
         return EXIT_USAGE
     except QCompilerError as e:
+        if getattr(e, "internal", False) and verbose() and e.__cause__ is not None:
+            traceback.print_exception(e.__cause__)  # a pass crashed: show where, with -v
         sys.stderr.write(f"error: {e}\n")
         return e.exit_code
     except KeyboardInterrupt:

@@ -1,0 +1,29 @@
+# lower-datatype: linears become qc.linear_<format> ops whose attributes say group size, N, K
+# and the layer; packed tensors become params; the fp weight disappears; lm_head stays fp.
+# RUN: qc-opt zoo:llama-tiny -p 'canonicalize,lower-datatype{format=razer4,group-size=64},dce' | FileCheck %s
+# CHECK-LABEL: qc.func @main
+# CHECK-NOT: qc.param "model.layers.0.self_attn.q_proj.weight"
+# CHECK: %[[CODES:.*]] = qc.param "model.layers.0.self_attn.q_proj.codes" : tensor<128x64xui8>
+# CHECK-NEXT: %[[SCALES:.*]] = qc.param "model.layers.0.self_attn.q_proj.scales" : tensor<128x2xf16>
+# CHECK-NEXT: %[[META:.*]] = qc.param "model.layers.0.self_attn.q_proj.meta" : tensor<128x2xui8>
+# CHECK-NEXT: %linear_razer4 = qc.linear_razer4(%{{.*}}, %[[CODES]], %[[SCALES]], none, %[[META]], none, none) {group_size = 64, n = 128, k = 128, layer = "model.layers.0.self_attn.q_proj"} : tensor<1x?x128xf32>
+# CHECK: qc.linear_razer4({{.*}}) {group_size = 64, n = 128, k = 256, layer = "model.layers.1.mlp.down_proj"}
+# CHECK: aten.linear(%{{.*}}, %lm_head_weight)
+# CHECK: qc.return
+
+# Per-layer overrides, and keeping every layer (skip= empty):
+# RUN: qc-opt zoo:llama-tiny -p 'canonicalize,lower-datatype{format=razer4,skip=,override=layers.*.mlp.down_proj:format=int8}' | FileCheck %s --check-prefix=OVERRIDE
+# OVERRIDE: qc.linear_int8({{.*}}) {group_size = 256, n = 128, k = 256, layer = "model.layers.0.mlp.down_proj"}
+# OVERRIDE: qc.linear_razer4({{.*}}) {group_size = 128, n = 512, k = 128, layer = "lm_head"}
+# OVERRIDE-NOT: aten.linear
+
+# Formats with a per-tensor scale (nvfp4) carry it as one more operand.
+# RUN: qc-opt zoo:llama-tiny -p 'canonicalize,lower-datatype{format=nvfp4}' | FileCheck %s --check-prefix=NVFP4
+# NVFP4: %[[GS:.*]] = qc.param "model.layers.0.self_attn.q_proj.global_scale" : tensor<1xf32>
+# NVFP4-NEXT: qc.linear_nvfp4(%{{.*}}, %{{.*}}, %{{.*}}, none, none, %[[GS]], none) {group_size = 16, n = 128, k = 128,
+
+# Errors name the pass, the layer and the fix.
+# RUN: %not --code 1 qc-opt zoo:stories260k -p 'lower-datatype{format=razer4,group-size=32}' --reproducer-dir %t 2>&1 | FileCheck %s --check-prefix=INDIVISIBLE
+# INDIVISIBLE: error: lower-datatype: group size 32 does not divide K=172 in model.layers.0.mlp.down_proj; no supported group size divides it, or lower-datatype{on-indivisible=skip} to keep such layers in fp
+# RUN: %not --code 2 qc-opt zoo:llama-tiny -p 'lower-datatype{on-indivisible=maybe}' 2>&1 | FileCheck %s --check-prefix=OPTION
+# OPTION: error: lower-datatype: option 'on-indivisible' expects one of error|skip|pad, got 'maybe'

@@ -1,0 +1,366 @@
+"""The compile driver: capture → pass pipeline → artifact, as one function.
+
+`compile(model, format="razer4", out="OUT")` is what `qcompile MODEL --format razer4 -o OUT` and
+`qcompiler.compile` run. It checks what can be checked before the slow part (OUT exists, OUT's
+parent writable, the pipeline parses), captures the model, runs the pipeline under the pass
+manager and writes the artifact atomically.
+
+Streaming (big checkpoints). A Hugging Face directory larger than `STREAM_THRESHOLD_BYTES` (or any
+with `stream=True`) is captured without its weights: the model is built with parameters on the
+meta device, exported with zero-stride stand-ins (shape and dtype only, no memory), and
+`program.meta["lazy_tensors"]` maps each parameter to its safetensors shard. `lower-datatype`
+then reads one weight at a time from the shards and keeps only the packed result, and the artifact
+writer streams the remaining fp tensors (norms, embeddings, LM head) from the shards into
+weights.safetensors, so the fp model is never in memory, not even once. The program of a
+streamed compile still holds stand-ins for those fp tensors: `materialize(program)` reads them
+when the program itself is to run (`qcompiler.load(OUT)` needs nothing of the sort).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+
+from qcompiler.artifact import peak_rss_mb
+from qcompiler.errors import CaptureError, QCompilerError, UsageError
+from qcompiler.program import Program
+
+Emit = Literal["artifact", "program", "ir", "mlir"]
+STREAM_THRESHOLD_BYTES = 1 << 30
+
+
+@dataclass
+class CompileResult:
+    """What a compile produced: the program, the pipeline that ran, the report, the artifact."""
+
+    program: Program
+    pipeline: str
+    format: str
+    report: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    text: str | None = None  # the IR or MLIR, for emit="ir" / "mlir"
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+def compile(
+    model: Any,
+    *,
+    format: str | None = None,
+    pipeline: str | None = None,
+    group_size: int | None = None,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    emit: Emit | None = None,
+    quiet: bool = False,
+    verbose: int = 0,
+    trust_pickle: bool = False,
+    stream: bool | None = None,
+    example_inputs: Any = None,
+    **pass_manager_options: Any,
+) -> CompileResult:
+    """Compile `model` (path, zoo:NAME, nn.Module or Program) to `format` or by `pipeline`.
+
+    emit: "artifact" (the default with `out`) writes the artifact directory; "program" (the
+    default without) only returns the compiled Program; "ir" / "mlir" return the text in
+    `result.text` and write it to `out` when given. A Program passed in is compiled in place.
+    Other keyword arguments go to the PassManager (print_ir_after_all=True, timing=True, ...).
+    """
+    from qcompiler.pass_manager import PassManager
+    from qcompiler.passes_base import PassContext
+    from qcompiler.pipeline import format_pipeline, parse_pipeline, resolve_pipeline
+
+    start = time.perf_counter()
+    if format is None and pipeline is None:
+        raise UsageError("say what to compile to: format=FMT (see 'qcompile formats') "
+                         "or pipeline=SPEC")
+    passes = parse_pipeline(resolve_pipeline(pipeline, format, group_size))
+    pipeline_text = format_pipeline(passes)
+    fmt = format or _pipeline_format(passes)
+    emit = emit or ("artifact" if out is not None else "program")
+    if emit == "artifact" and out is None:
+        raise UsageError("emit='artifact' needs out=DIR (the directory to write)")
+    if out is not None and emit != "program":
+        check_output(Path(out), force)
+
+    program = capture_model(model, stream=stream, trust_pickle=trust_pickle,
+                            example_inputs=example_inputs)
+    ctx = PassContext(verbose=verbose, quiet=quiet)
+    program = PassManager(passes, **pass_manager_options).run(program, ctx)
+    result = CompileResult(program, pipeline_text, fmt, ctx.report)
+
+    if emit == "artifact":
+        build = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "streamed": bool(program.meta.get("lazy_tensors") is not None)}
+        result.path = _write(program, Path(out), pipeline_text, fmt, ctx, force, build, start)
+    elif emit in ("ir", "mlir"):
+        if emit == "ir":
+            from qcompiler.ir import print_program
+
+            result.text = print_program(program)
+        else:
+            from qcompiler.mlir_emit import emit_mlir
+
+            result.text = emit_mlir(program)
+        if out is not None:
+            result.path = _write_text(result.text, Path(out), force)
+    result.seconds = time.perf_counter() - start
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def _write(program: Program, out: Path, pipeline: str, fmt: str, ctx: Any, force: bool,
+           build: dict[str, Any], start: float) -> Path:
+    from qcompiler.artifact import write_artifact
+
+    def progress(items: Any) -> Any:
+        return ctx.progress(items, desc="write weights")
+
+    build["compile_seconds"] = round(time.perf_counter() - start, 3)
+    return write_artifact(program, out, pipeline=pipeline, format=fmt, report=ctx.report,
+                          force=force, build=build, progress=progress)
+
+
+def _write_text(text: str, out: Path, force: bool) -> Path:
+    if out.exists() and not force:
+        raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise QCompilerError(f"cannot write {out}: {e.strerror}") from None
+    return out
+
+
+def _pipeline_format(passes: list[Any]) -> str:
+    for p in passes:
+        if p.name == "lower-datatype":
+            return p.format
+    return ""
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Fail before compiling when the artifact could not be written anyway."""
+    if out.exists() and not force:
+        raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise QCompilerError(f"cannot write {out}: {parent} is not writable")
+
+
+# ---- capture ---------------------------------------------------------------------------------
+def capture_model(model: Any, *, stream: bool | None = None, trust_pickle: bool = False,
+                  example_inputs: Any = None) -> Program:
+    """`capture`, or streaming capture for a big (or `stream=True`) Hugging Face directory."""
+    from qcompiler.capture import capture
+
+    directory = _hf_dir(model)
+    if stream is None:
+        stream = directory is not None and _checkpoint_bytes(directory) > STREAM_THRESHOLD_BYTES
+    if stream:
+        if directory is None:
+            raise UsageError(f"streaming needs a Hugging Face model directory, not {model}")
+        return capture_streaming(directory)
+    return capture(model, example_inputs, trust_pickle=trust_pickle)
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc `malloc_trim`).
+
+    Streaming quantizes one layer at a time; the packed results stay while each layer's fp
+    temporaries are freed, and glibc would keep those freed pages resident in the fragmented
+    heap (RSS doubled in measurements). Trimming before each layer keeps RSS at what is live,
+    for a few ms per layer.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import sys
+
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                _LIBC = ctypes.CDLL(None)
+                _LIBC.malloc_trim  # noqa: B018  (not glibc: no trimming)
+            except (OSError, AttributeError):
+                _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def _hf_dir(model: Any) -> Path | None:
+    if isinstance(model, (str, os.PathLike)) and not str(model).startswith("zoo:"):
+        path = Path(model)
+        if path.is_dir() and (path / "config.json").is_file():
+            return path
+    return None
+
+
+def _checkpoint_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("*.safetensors"))
+
+
+def capture_streaming(directory: Path) -> Program:
+    """Capture an HF directory without loading its weights (see the module docstring)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    from qcompiler.capture import _first_line, capture_hf_model, hf_kind
+
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+        raise CaptureError(f"{directory}/config.json is not a usable model config: "
+                           f"{_first_line(e)}")
+    index = checkpoint_index(directory)
+    kind = hf_kind(config)
+    auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
+    with _parameters_on_meta():
+        hf = auto.from_config(config, dtype=torch.float32)
+    prefix = getattr(hf, "base_model_prefix", "")
+    names_of: dict[int, list[str]] = {}
+    params: dict[int, torch.nn.Parameter] = {}
+    for name, param in hf.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+        params[id(param)] = param
+    sources: dict[str, list[str]] = {}
+    standins: dict[int, torch.nn.Parameter] = {}
+    for pid, names in names_of.items():  # tied parameters share one checkpoint tensor
+        key = next((k for k in (_checkpoint_key(n, prefix, index) for n in names) if k), None)
+        if key is None:
+            raise CaptureError(f"cannot stream {directory}: the checkpoint has no tensor for "
+                               f"{names[0]}; compile without streaming (stream=False)")
+        for name in names:
+            sources[name] = [index[key][0], key]
+        standins[pid] = torch.nn.Parameter(_standin(params[pid]), requires_grad=False)
+    for module in hf.modules():
+        for attr, param in list(module._parameters.items()):
+            if param is not None:
+                module._parameters[attr] = standins[id(param)]
+    program = capture_hf_model(hf, source=str(directory))
+    program.meta["model_dir"] = str(directory.resolve())
+    program.meta["lazy_tensors"] = {
+        name: src for name, src in sources.items() if program.has_tensor(name)
+    }
+    return program
+
+
+def checkpoint_index(directory: Path) -> dict[str, tuple[str, str]]:
+    """tensor name -> (shard path, dtype) over every safetensors shard of the directory."""
+    from safetensors import safe_open
+
+    shards = sorted(directory.glob("*.safetensors"))
+    if not shards:
+        raise CaptureError(f"{directory} has no .safetensors weights; streaming reads only "
+                           "safetensors checkpoints")
+    index: dict[str, tuple[str, str]] = {}
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                for key in f.keys():
+                    index[key] = (str(shard), str(f.get_slice(key).get_dtype()))
+        except Exception as e:  # safetensors raises its own error types for a broken header
+            raise CaptureError(f"cannot load the weights in {directory}: {shard.name} is not a "
+                               f"valid safetensors file ({str(e).splitlines()[0][:200]})") from None
+    return index
+
+
+def _checkpoint_key(name: str, prefix: str, index: dict[str, Any]) -> str | None:
+    candidates = [name]
+    if prefix:
+        candidates += [name.removeprefix(prefix + "."), f"{prefix}.{name}"]
+    return next((c for c in candidates if c in index), None)
+
+
+def _standin(param: torch.Tensor) -> torch.Tensor:
+    """Shape and dtype of `param` on the CPU, backed by one element (stride 0)."""
+    return torch.zeros((), dtype=param.dtype).expand(param.shape)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build modules with parameters on the meta device and buffers (RoPE tables) for real."""
+    original = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: Any) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = torch.nn.Parameter(
+                param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def load_lazy_tensor(program: Program, name: str, *, keep: bool = True) -> torch.Tensor:
+    """Read a streamed tensor from its shard, in the stand-in's dtype; `keep` stores it."""
+    from safetensors import safe_open
+
+    trim_heap()
+    shard, key = program.meta["lazy_tensors"][name]
+    standin = program.get_tensor(name)
+    try:
+        with safe_open(shard, framework="pt") as f:
+            value = f.get_tensor(key)
+    except Exception as e:  # a shard that changed or broke since capture
+        raise QCompilerError(f"cannot read {key} from {shard}: {str(e).splitlines()[0]}") from None
+    if tuple(value.shape) != tuple(standin.shape):
+        raise QCompilerError(f"{key} in {shard} has shape {tuple(value.shape)}, the model "
+                             f"expects {tuple(standin.shape)}; the checkpoint does not match "
+                             "its config.json")
+    value = value.to(standin.dtype)
+    if keep:
+        program.set_tensor(name, value)
+        del program.meta["lazy_tensors"][name]
+    return value
+
+
+def iter_lazy_tensor(program: Program, name: str,
+                     block_bytes: int = 16 << 20) -> Iterator[torch.Tensor]:
+    """A streamed tensor as row blocks in the stand-in's dtype (bounded memory)."""
+    from safetensors import safe_open
+
+    trim_heap()
+    shard, key = program.meta["lazy_tensors"][name]
+    standin = program.get_tensor(name)
+    shape = tuple(standin.shape)
+    row_bytes = max(1, standin[0].numel() * 4) if standin.dim() > 1 else 1
+    rows = max(1, block_bytes // row_bytes) if standin.dim() > 1 else max(shape or (1,))
+    total = shape[0] if shape else 1
+    for start in range(0, total, rows):
+        with safe_open(shard, framework="pt") as f:
+            part = f.get_slice(key)
+            if tuple(part.get_shape()) != shape:
+                raise QCompilerError(f"{key} in {shard} has shape {tuple(part.get_shape())}, the "
+                                     f"model expects {shape}; the checkpoint does not match "
+                                     "its config.json")
+            block = part[start:start + rows] if shape else f.get_tensor(key)
+        yield block.to(standin.dtype)
+
+
+def materialize(program: Program) -> Program:
+    """Read every streamed tensor, so the program can run in memory."""
+    for name in list(program.meta.get("lazy_tensors") or {}):
+        if program.has_tensor(name):
+            load_lazy_tensor(program, name, keep=True)
+    program.meta.pop("lazy_tensors", None)
+    return program

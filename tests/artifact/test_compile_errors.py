@@ -1,0 +1,103 @@
+"""Bad input to `qcompile MODEL --format F -o OUT`: one `error:` line, exit 1, and no OUT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import qcompiler
+from qcompiler import zoo
+from qcompiler.cli import qcompile
+from qcompiler.errors import QCompilerError
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hf") / "llama"
+    zoo.build_module("llama-tiny").save_pretrained(directory)
+    return directory
+
+
+def compile_fails(argv, capsys, *fragments):
+    code = qcompile.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_corrupted_safetensors(hf_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(hf_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    compile_fails([str(broken), "--format", "int4", "-o", str(tmp_path / "out")], capsys,
+                  "cannot load the weights in")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(QCompilerError, match="model.safetensors is not a valid safetensors file"):
+        qcompiler.compile(broken, format="int4", out=tmp_path / "out", stream=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_architecture(hf_dir, tmp_path, capsys):
+    odd = tmp_path / "odd"
+    shutil.copytree(hf_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    config.update(model_type="frobnicator", architectures=["FrobnicatorForCausalLM"])
+    (odd / "config.json").write_text(json.dumps(config))
+    compile_fails([str(odd), "--format", "int4", "-o", str(tmp_path / "out")], capsys,
+                  "config.json is not a usable model config")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_weights(hf_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(hf_dir, bad)
+    tensors = load_file(bad / "model.safetensors")
+    tensors["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    compile_fails([str(bad), "--format", "int4", "-o", str(tmp_path / "out"),
+                   "--reproducer-dir", str(tmp_path / "repro")], capsys,
+                  "lower-datatype: the weight of model.layers.0.mlp.up_proj has 1 NaN/Inf")
+    assert not (tmp_path / "out").exists()
+
+
+def test_group_size_not_dividing_k(tmp_path, capsys):
+    compile_fails(["zoo:stories260k", "--format", "razer4", "--group-size", "32", "-o",
+                   str(tmp_path / "out"), "--reproducer-dir", str(tmp_path / "repro")], capsys,
+                  "group size 32 does not divide K=172 in model.layers.0.mlp.down_proj")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_exists(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    compile_fails(["zoo:llama-tiny", "--format", "int4", "-o", str(out)], capsys,
+                  "already exists; choose another -o or pass --force")
+    assert list(out.iterdir()) == []
+
+
+def test_destination_not_writable(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    compile_fails(["zoo:llama-tiny", "--format", "int4", "-o", str(blocker / "out")], capsys,
+                  "cannot write")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_driver_checks_output_before_compiling(tmp_path, monkeypatch):
+    import os
+
+    from qcompiler import driver
+
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # as a non-root user would see it
+    with pytest.raises(QCompilerError, match="is not writable"):
+        driver.compile("zoo:does-not-matter", format="int4", out=tmp_path / "out")
+    assert torch.__version__  # nothing was captured: the bad zoo name was never looked up
