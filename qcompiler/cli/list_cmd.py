@@ -9,7 +9,16 @@ from qcompiler.cli import common
 
 def main(argv: list[str]) -> int:
     what = argv[0]
+    if what == "formats" and "--report" in argv[1:]:
+        from qcompiler.formats import report
+
+        rest = [a for a in argv[1:] if a != "--report"]
+        return report.main(rest, prog="qcompile formats --report")
     p = common.ArgumentParser(prog=f"qcompile {what}", description=f"List the {what}.")
+    if what == "formats":
+        p.add_argument("--report", action="store_true",
+                       help="instead of listing, compare the weight formats' error vs bits per "
+                            "weight (see 'qcompile formats --report --help')")
     p.parse_args(argv[1:])
     common.quiet_libraries()
     printer = {"formats": print_formats, "zoo": print_zoo, "pipelines": print_pipelines}[what]

@@ -21,9 +21,10 @@ import torch
 
 from qcompiler.errors import QCompilerError
 from qcompiler.formats.base import Encoded, Format, QTensor
-from qcompiler.formats.scale_search import ErrorMeasure, safe, search_ratio
+from qcompiler.formats.scale_search import ErrorMeasure, round_significand, safe, search_ratio
 
 GRANULARITIES = ("token", "tensor", "group")
+SCALE_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,17 @@ class ActivationFormat(Format):
                 opts: dict[str, Any]) -> Encoded:
         gran = opts.get("granularity", "token" if wg.shape[1] == 1 else "group")
 
+        def stored(ratio: torch.Tensor) -> torch.Tensor:
+            # 16 significant bits: code * scale is then exact in fp32, so the dequantized tensor's
+            # absmax is exactly qmax * scale and re-quantizing finds the same scale (idempotence)
+            return round_significand(self._scale(wg, gran, ratio), SCALE_BITS)
+
         def evaluate(ratio: torch.Tensor) -> torch.Tensor:
-            s = self._scale(wg, gran, ratio)
+            s = stored(ratio)
             y = wg / safe(s)
             return measure(self.round_scaled(y) - y, s)
 
-        s = self._scale(wg, gran, search_ratio(evaluate, wg, self.bits, search))
+        s = stored(search_ratio(evaluate, wg, self.bits, search))
         codes = self.encode_scaled(wg / safe(s))
         out_opts = {"granularity": gran} if gran == "tensor" else {}
         return Encoded(codes=codes, scales=s[..., 0], opts=out_opts)

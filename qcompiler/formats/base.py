@@ -105,6 +105,8 @@ class Format:
     # name -> allowed values (None: any value of the right kind), for `quantize(**opts)`
     options: tuple[tuple[str, tuple[Any, ...] | None], ...] = ()
     per_row: ClassVar[bool] = False  # group_size=None means one group per row (activations)
+    # encode the dequantized result once more (see `_canonicalize`)
+    canonical_pass: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ public API
 
@@ -145,6 +147,8 @@ class Format:
         measure = ErrorMeasure(x, g, self.name)
         wg = w.detach().to(torch.float32).reshape(n, k // g, g)
         enc = self._encode(wg, search, measure, opts)
+        if self.needs_canonical_pass(opts):
+            enc = self._canonicalize(enc, search, opts)
         codes = packing.pack(enc.codes.reshape(n, k), self.bits)
         return QTensor(format=self.name, shape=(n, k), group_size=g, codes=codes,
                        scales=enc.scales, zeros=enc.zeros, meta=enc.meta,
@@ -170,11 +174,51 @@ class Format:
                                  f"(allowed: {allowed})")
         if k % group_size:
             fits = [g for g in self.group_sizes if k % g == 0]
+            allowed = ", ".join(str(g) for g in self.group_sizes)
             hint = (f"use group size {max(fits)}" if fits else
-                    f"no allowed group size divides K; pad K to a multiple of {min(self.group_sizes)}")
+                    f"no allowed group size ({allowed}) divides K; pad K to a multiple of "
+                    f"{min(self.group_sizes)}")
             raise QCompilerError(f"format '{self.name}': group size {group_size} does not divide "
                                  f"K={k}; {hint}")
         return group_size
+
+    def needs_canonical_pass(self, opts: dict[str, Any]) -> bool:
+        """Whether some groups have several exact encodings under these options."""
+        return self.canonical_pass
+
+    def _canonicalize(self, enc: Encoded, search: str, opts: dict[str, Any]) -> Encoded:
+        """The encoding that a re-quantization of `enc`'s own values would choose.
+
+        Some groups have several exact encodings (a sparse NVFP4 block 4 * 2e is also 6 * 4e/3
+        when that scale is representable; a RaZeR group 8s, 0, ... is also 6 * 4s/3). The
+        search returns the first exact candidate it meets for already-quantized values, which
+        need not be the encoding it chose for the original ones, so quantize(dequantize(q))
+        could differ from q in codes and scales (never in values). Encoding the dequantized
+        values once more (weight MSE objective) returns that first exact candidate, a fixed
+        point: quantizing again gives the same codes, scales and metadata. A group whose values
+        this pass would change keeps its first encoding. Costs one more search.
+        """
+        n, groups, gs = enc.codes.shape
+        first = QTensor(format=self.name, shape=(n, groups * gs), group_size=gs, codes=enc.codes,
+                        scales=enc.scales, zeros=enc.zeros, meta=enc.meta,
+                        global_scale=enc.global_scale, opts=dict(enc.opts))
+        values = self._decode(enc.codes, first)
+        again = self._encode(values, search, ErrorMeasure(None, gs, self.name), opts)
+        if again.global_scale is not None and not torch.equal(again.global_scale, enc.global_scale):
+            return enc
+        second = QTensor(format=self.name, shape=first.shape, group_size=gs, codes=again.codes,
+                         scales=again.scales, zeros=again.zeros, meta=again.meta,
+                         global_scale=again.global_scale, opts=dict(again.opts))
+        keep = (self._decode(again.codes, second) == values).all(-1)  # [N, G]
+
+        def pick(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            if a is None or b is None:
+                return a
+            return torch.where(keep.reshape(keep.shape + (1,) * (a.dim() - 2)), b, a)
+
+        return Encoded(codes=pick(enc.codes, again.codes), scales=pick(enc.scales, again.scales),
+                       zeros=pick(enc.zeros, again.zeros), meta=pick(enc.meta, again.meta),
+                       global_scale=enc.global_scale, opts=enc.opts)
 
     # ------------------------------------------------------------------ for subclasses
 

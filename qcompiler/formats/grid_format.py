@@ -36,12 +36,14 @@ class GridFormat(Format):
     """Fixed code table, fp16 per-group scale."""
 
     grid_def: Grid = Grid((0.0,))
-    # grid extremes used to fit the RTN scale (defaults: the grid's own extremes)
-    fit_max: float | None = None
-    fit_min: float | None = None
 
     def codebook(self, **opts: Any) -> torch.Tensor:
         return self.grid_def.table()
+
+    def needs_canonical_pass(self, opts: dict[str, Any]) -> bool:
+        """Power-of-two scales make encodings ambiguous (a group whose codes all stay on the
+        grid when doubled is also exact at half the scale): base.py's canonical pass fixes one."""
+        return opts.get("scale", "fp16") != "fp16"
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
                 opts: dict[str, Any]) -> Encoded:
@@ -59,9 +61,7 @@ class GridFormat(Format):
 
     def rtn_scale(self, wg: torch.Tensor) -> torch.Tensor:
         """The no-clipping scale per group, [N, G, 1] float32 (0 for all-zero groups)."""
-        hi = self.grid_def.max_value if self.fit_max is None else self.fit_max
-        lo = self.grid_def.min_value if self.fit_min is None else self.fit_min
-        return fit_scale(wg, hi, lo)
+        return fit_scale(wg, self.grid_def.max_value, self.grid_def.min_value)
 
     def search_scale(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
                      snap: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -4,10 +4,16 @@ Asymmetric (FORMATS.md): q = clamp(round(w/s) + z, 0, 2^b - 1), s = (max - min) 
 z = round(-min/s), dequantized = (q - z) * s. We widen [min, max] to include 0 (as GPTQ does), so
 z always lies in [0, 2^b - 1] (it is stored as uint8) and 0 is exactly representable: an
 all-zero group has s = 0, z = 0 and decodes to exact zeros. Clip search shrinks both ends by r.
-Rounding is round-half-to-even on w/s (torch.round) before the zero point is added.
+Rounding is round-half-to-even on w/s (torch.round) before the zero point is added. The fp16
+scale is rounded DOWN, not to nearest, so the group's extremes always land on codes 0 and
+2^b - 1 and quantizing a dequantized group gives the same scale, zero and codes back.
 
-Symmetric int4: q in [-8, 7], s = absmax / 7; the stored code is q + 8 (offset binary, so codes
-are unsigned like every other format): dequantized = (code - 8) * s. Clipping (r < 1) may use -8.
+Symmetric int4: q in [-8, 7]; the stored code is q + 8 (offset binary, so codes are unsigned like
+every other format): dequantized = (code - 8) * s. FORMATS.md's textbook scale is absmax / 7; we
+fit the group onto the whole grid instead, s = max(max / 7, -min / 8), so a group whose extreme
+is negative uses -8 rather than wasting it. It is never larger than absmax / 7 and clips nothing;
+it also makes quantization idempotent: with absmax / 7 a clipped group that used -8
+re-quantizes to the larger scale 8s/7.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 from qcompiler.formats.base import Encoded, Format, QTensor
 from qcompiler.formats.grid import Grid
 from qcompiler.formats.grid_format import GridFormat
-from qcompiler.formats.scale_search import ErrorMeasure, safe, search_ratio, to_fp16_scale
+from qcompiler.formats.scale_search import ErrorMeasure, safe, search_ratio, to_fp16_scale_down
 
 INT_GROUP_SIZES = (16, 32, 64, 128, 256)
 
@@ -43,7 +49,7 @@ class IntAsymFormat(Format):
         hi = wg.amax(-1, keepdim=True).clamp(min=0)
 
         def scale_zero(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            s = to_fp16_scale((hi - lo) * ratio / qmax)
+            s = to_fp16_scale_down((hi - lo) * ratio / qmax)
             return s, torch.round(-lo * ratio / safe(s)).clamp_(0, qmax)
 
         def evaluate(ratio: torch.Tensor) -> torch.Tensor:
@@ -77,5 +83,5 @@ INT2 = _int_asym(2)
 INT4_SYM = GridFormat(
     name="int4-sym", bits=4, default_group_size=128, group_sizes=INT_GROUP_SIZES,
     scale_type="fp16", has_zero_point=False, role="weight",
-    description="symmetric INT4 (q in [-8, 7], code = q + 8), fp16 absmax/7 scale per group",
-    grid_def=Grid(tuple(float(c - 8) for c in range(16)), integer=True), fit_max=7.0, fit_min=-7.0)
+    description="symmetric INT4 (q in [-8, 7], code = q + 8), fp16 scale per group",
+    grid_def=Grid(tuple(float(c - 8) for c in range(16)), integer=True))

@@ -5,6 +5,9 @@ code e + 127 (clamped to 0..254; 255 is NaN). Elements beyond 6 * 2^e saturate t
 spec says. That rule already clips (absmax / 2^e lies in [4, 8)), so "rtn" is the spec's rule and
 "clip" tries the neighbouring exponents e - 1 and e + 1 too: with a power-of-two scale those are
 the only other sensible scales. An all-zero block gets code 0 and decodes to zeros.
+
+Idempotent without extra rules: a dequantized block's max is 4 or 6 times 2^e (e + 1 never wins
+with a smaller max: its grid, doubled, is a subset of e's below 8), so its own rule finds e again.
 """
 
 from __future__ import annotations

@@ -6,12 +6,25 @@ so the largest block scale lands on E4M3's maximum (NVIDIA's recipe; the RaZeR a
 rounded to E4M3 (nearest-even; non-zero blocks clamped to [2^-9, 448] like the authors' script,
 all-zero blocks get scale 0). Clip search multiplies the block scale by the ratios before the
 E4M3 rounding. `two_level_snap` is shared with NVFP4-RaZeR (E3M3 block scales).
+
+Three rules make quantization idempotent (re-quantizing a dequantized tensor returns the same
+codes and scales, which GPTQ followed by lower-datatype relies on):
+- the global scale is rounded to 16 significant bits, so every dequantized value
+  fp4 * e4m3 * global is exact in fp32 and the tensor's absmax 6 * 448 * global gives back the
+  same global scale;
+- the block(s) holding the tensor's absmax are never clipped (ratio >= 1): clipping them would
+  lower the absmax and so the global scale of the re-quantization (one block per tensor);
+- `RECOVER_RATIOS` (6/5 and 6/4 of the absmax scale) are tried too, even under "rtn": where the
+  block-scale codec is coarse (subnormal E4M3/E3M3 scales) rounding the scale to nearest can
+  round it up enough that the block's largest element lands on 4 (or RaZeR's 5) instead of 6;
+  re-quantizing needs those ratios to find that scale again. They never clip, and a candidate
+  only wins when its error is strictly lower, so elsewhere they change nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -19,15 +32,24 @@ from qcompiler.formats.base import Encoded, Format, QTensor
 from qcompiler.formats.fp4 import FP4_GRID, FP4_VALUES
 from qcompiler.formats.fp8 import E4M3, MiniFloat
 from qcompiler.formats.grid_format import fit_scale, scale_error
-from qcompiler.formats.scale_search import ErrorMeasure, safe, search_ratio
+from qcompiler.formats.scale_search import ErrorMeasure, round_significand, safe, search_ratio
 
 FP4_MAX = 6.0
+RECOVER_RATIOS = (FP4_MAX / 5.0, FP4_MAX / 4.0)
+GLOBAL_SCALE_BITS = 16
 
 
 def global_scale(wg: torch.Tensor, block_max: float) -> torch.Tensor:
-    """Per-tensor fp32 scale absmax / (6 * block_max); 1 for an all-zero tensor."""
-    g = wg.abs().amax() / (FP4_MAX * block_max)
+    """Per-tensor fp32 scale absmax / (6 * block_max) to 16 significant bits; 1 for an all-zero
+    tensor."""
+    g = round_significand(wg.abs().amax() / (FP4_MAX * block_max), GLOBAL_SCALE_BITS)
     return torch.where(g > 0, g, torch.ones_like(g)).reshape(1).to(torch.float32)
+
+
+def top_blocks(wg: torch.Tensor) -> torch.Tensor:
+    """[N, G] bool: the blocks holding the tensor's absmax (they set the global scale)."""
+    amax = wg.abs().amax(-1)
+    return (amax == amax.max()) & (amax > 0)
 
 
 def two_level_snap(codec: MiniFloat, g: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -45,6 +67,8 @@ def two_level_snap(codec: MiniFloat, g: torch.Tensor) -> Callable[[torch.Tensor]
 
 @dataclass(frozen=True)
 class NVFP4Format(Format):
+    canonical_pass: ClassVar[bool] = True  # several exact encodings per group: base.py
+
     def codebook(self, **opts: Any) -> torch.Tensor:
         return torch.tensor(FP4_VALUES, dtype=torch.float32)
 
@@ -54,7 +78,13 @@ class NVFP4Format(Format):
         snap = two_level_snap(E4M3, g)
         base = fit_scale(wg, FP4_MAX, -FP4_MAX)
         error = scale_error(FP4_GRID, wg, measure)
-        s = snap(base * search_ratio(lambda r: error(snap(base * r)), wg, self.bits, search))
+        top = top_blocks(wg)
+
+        def evaluate(r: torch.Tensor) -> torch.Tensor:
+            err = error(snap(base * r))
+            return torch.where(top & (r[..., 0] < 1), torch.full_like(err, float("inf")), err)
+
+        s = snap(base * search_ratio(evaluate, wg, self.bits, search, RECOVER_RATIOS))
         _, codes = FP4_GRID.round(wg / safe(s))
         return Encoded(codes=codes, scales=E4M3.encode(s[..., 0] / g), global_scale=g)
 

@@ -9,26 +9,30 @@ sign bit selects +-5 only, is not implemented.)
 
 Layout: `scales` holds the E3M3 codes (uint8, 6 bits used) and `meta` the special index (uint8),
 as for razer4; a kernel or file may store them as one byte, `meta << 6 | scale`, which is what
-bits_per_weight counts. Codes, special-value rule and ties: razer.py.
+bits_per_weight counts. Codes, special-value rule and ties: razer.py. Global scale, unclipped
+top blocks and the recover ratios that keep quantization idempotent: nvfp4.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from qcompiler.formats.base import Encoded, Format, QTensor
 from qcompiler.formats.fp4 import FP4_VALUES, NEG_ZERO_CODE
 from qcompiler.formats.fp8 import E3M3
-from qcompiler.formats.nvfp4 import global_scale, two_level_snap
-from qcompiler.formats.razer import RAZER_SPECIALS, razer_round, search_special
+from qcompiler.formats.nvfp4 import RECOVER_RATIOS, global_scale, top_blocks, two_level_snap
+from qcompiler.formats.razer import (RAZER_SPECIALS, canonical_meta, razer_round,
+                                     search_special)
 from qcompiler.formats.scale_search import ErrorMeasure, safe
 
 
 @dataclass(frozen=True)
 class NVFP4RazerFormat(Format):
+    canonical_pass: ClassVar[bool] = True  # several exact encodings per group: base.py
+
     specials: tuple[float, ...] = RAZER_SPECIALS
 
     def group_overhead_bits(self) -> int:
@@ -44,9 +48,11 @@ class NVFP4RazerFormat(Format):
                 opts: dict[str, Any]) -> Encoded:
         g = global_scale(wg, E3M3.max_value)
         snap = two_level_snap(E3M3, g)
-        s, meta = search_special(wg, self.specials, self.bits, search, measure, snap)
+        s, meta = search_special(wg, self.specials, self.bits, search, measure, snap,
+                                 extra=RECOVER_RATIOS, unclipped=top_blocks(wg))
         special = torch.tensor(self.specials, dtype=torch.float32, device=wg.device)[meta]
         _, codes = razer_round(wg / safe(s), special.unsqueeze(-1))
+        meta = canonical_meta(codes, meta)
         return Encoded(codes=codes, scales=E3M3.encode(s[..., 0] / g), meta=meta.to(torch.uint8),
                        global_scale=g)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -37,7 +37,7 @@ from qcompiler.formats.base import Encoded, Format, QTensor
 from qcompiler.formats.fp4 import FP4_GRID, FP4_VALUES, NEG_ZERO_CODE
 from qcompiler.formats.grid_format import SCALE_MODES, fit_scale, scale_snapper
 from qcompiler.formats.scale_search import (ErrorMeasure, RunningBest, clip_ratios, refine_steps,
-                                            safe)
+                                            safe, with_extra)
 
 RAZER_SPECIALS = (5.0, -5.0, 8.0, -8.0)
 FP4_MAX = 6.0
@@ -62,39 +62,63 @@ def razer_round(y: torch.Tensor, special: torch.Tensor) -> tuple[torch.Tensor, t
 
 def search_special(wg: torch.Tensor, specials: tuple[float, ...], bits: int, search: str,
                    measure: ErrorMeasure, snap: Callable[[torch.Tensor], torch.Tensor],
+                   extra: tuple[float, ...] = (), unclipped: torch.Tensor | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group: (scale [N, G, 1] as `snap` stores it, special index [N, G] int64) of least error.
 
-    Coarse clip ratios x every special value jointly; then the local ratio steps of
-    scale_search.py for each group's chosen special value. Specials sharing a grid range share
-    one FP4 rounding.
+    Coarse clip ratios (then `extra` ratios, also under "rtn") x every special value jointly;
+    then the local ratio steps of scale_search.py for each group's chosen special value.
+    Specials sharing a grid range share one FP4 rounding. Groups in the `unclipped` mask [N, G]
+    only get candidates that neither clip nor reach past the FP4 range on their absmax's side
+    (ratio >= 1, and a special range whose scale is the plain absmax / 6): NVFP4-RaZeR's blocks
+    that set the global scale (nvfp4.py explains why).
     """
     n, g, _ = wg.shape
     ranges = special_ranges(specials)
     bases = {rng: fit_scale(wg, rng[0], rng[1]) for rng in ranges}
+    plain = fit_scale(wg, FP4_MAX, -FP4_MAX)
     error = _SpecialError(wg, measure)
     best = RunningBest()
-    for r in clip_ratios(bits, search):
+    inf = torch.tensor(float("inf"), device=wg.device)
+    for r in with_extra(clip_ratios(bits, search), extra):
+        if best.exact():  # re-quantizing exact values: nothing later can win
+            break
         for rng, idxs in ranges.items():
             s = snap(bases[rng] * r)
             ratio = torch.full_like(s, r)
+            banned = None
+            if unclipped is not None:
+                banned = unclipped & ((bases[rng] != plain)[..., 0] | (r < 1))
             for i, err in zip(idxs, error.for_specials(s, [specials[i] for i in idxs])):
                 idx = torch.full((n, g), i, dtype=torch.int64, device=wg.device)
+                if banned is not None:
+                    err = torch.where(banned, inf, err)
                 best.offer(err, ratio=ratio, meta=idx)
     meta = best["meta"]
     base = torch.zeros_like(wg[..., :1])
     for rng, idxs in ranges.items():
         chosen = torch.isin(meta, torch.tensor(idxs, device=wg.device)).unsqueeze(-1)
         base = torch.where(chosen, bases[rng], base)
-    if search != "rtn":
+    if search != "rtn" and not best.exact():
         special = torch.tensor(specials, dtype=torch.float32, device=wg.device)[meta].unsqueeze(-1)
         error_at = error.for_group_special(special)
         for step in refine_steps(bits):
             center = best["ratio"]
             for d in (step, -step):
                 ratio = (center + d).clamp(min=0.05, max=1.0)
-                best.offer(error_at(snap(base * ratio)), ratio=ratio, meta=meta)
+                err = error_at(snap(base * ratio))
+                if unclipped is not None:
+                    err = torch.where(unclipped & (ratio[..., 0] < 1), inf, err)
+                best.offer(err, ratio=ratio, meta=meta)
     return snap(base * best["ratio"]), meta
+
+
+def canonical_meta(codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """meta [N, G] with 0 for groups that never use the special code: such a group decodes the
+    same under any special value, and index 0 is the one a re-quantization picks first, so this
+    keeps quantization idempotent in the metadata too."""
+    used = (codes == NEG_ZERO_CODE).any(-1)
+    return torch.where(used, meta, torch.zeros_like(meta))
 
 
 class _SpecialError:
@@ -166,6 +190,8 @@ class _SpecialError:
 class RazerFormat(Format):
     """FP4 with the -0 code remapped to one of `specials`, chosen per group."""
 
+    canonical_pass: ClassVar[bool] = True  # several exact encodings per group: base.py
+
     specials: tuple[float, ...] = RAZER_SPECIALS
 
     @property
@@ -191,6 +217,7 @@ class RazerFormat(Format):
         s, meta = search_special(wg, specials, self.bits, search, measure, snap)
         special = torch.tensor(specials, dtype=torch.float32, device=wg.device)[meta].unsqueeze(-1)
         _, codes = razer_round(wg / safe(s), special)
+        meta = canonical_meta(codes, meta)
         out_opts: dict[str, Any] = {}
         if mode != "fp16":
             out_opts["scale"] = mode

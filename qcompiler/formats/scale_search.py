@@ -55,18 +55,29 @@ def refine_steps(bits: int) -> tuple[float, ...]:
     return (spacing / 2, spacing / 4)
 
 
+def with_extra(coarse: tuple[float, ...], extra: tuple[float, ...]) -> tuple[float, ...]:
+    """Coarse ratios with `extra` inserted right after 1.0: re-quantizing quantized values meets
+    its exact candidate early, so the search stops early (`RunningBest.exact`)."""
+    return coarse[:1] + tuple(extra) + coarse[1:]
+
+
 def search_ratio(evaluate: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, bits: int,
-                 search: str) -> torch.Tensor:
+                 search: str, extra: tuple[float, ...] = ()) -> torch.Tensor:
     """Per-group clip ratio [N, G, 1] minimising `evaluate(ratio [N, G, 1]) -> error [N, G]`.
 
-    Coarse grid first (the same for every group), then a local search around each group's best
-    ratio (per-group ratios, still one tensor op per candidate). Ratios stay <= 1.
+    Coarse grid first (the same for every group; `extra` ratios, also tried under "rtn", go
+    right after 1.0: formats with coarse scale codecs pass ratios > 1, see nvfp4.py), then a
+    local search around
+    each group's best ratio (per-group ratios, still one tensor op per candidate); local steps
+    stay <= 1.
     """
     n, g = like.shape[0], like.shape[1]
     best = RunningBest()
-    for r in clip_ratios(bits, search):
+    for r in with_extra(clip_ratios(bits, search), extra):
         ratio = torch.full((n, g, 1), r, dtype=torch.float32, device=like.device)
         best.offer(evaluate(ratio), ratio=ratio)
+        if best.exact():
+            return best["ratio"]
     if search == "rtn":
         return best["ratio"]
     for step in refine_steps(bits):
@@ -80,6 +91,25 @@ def search_ratio(evaluate: Callable[[torch.Tensor], torch.Tensor], like: torch.T
 def to_fp16_scale(s: torch.Tensor) -> torch.Tensor:
     """Round scales to the fp16 values they will be stored as (float32 out, saturating)."""
     return s.clamp(max=FP16_MAX).to(torch.float16).to(torch.float32)
+
+
+def to_fp16_scale_down(s: torch.Tensor) -> torch.Tensor:
+    """Round scales DOWN (toward zero) to fp16, float32 out. Integer asymmetric formats need it:
+    with s <= (max - min) / qmax the group's extremes always reach codes 0 and qmax, so the
+    dequantized group spans exactly qmax * s and re-quantizing it finds s again (idempotence);
+    round-to-nearest can push s up by 2^-11 and leave the top code unused."""
+    h = s.clamp(max=FP16_MAX).to(torch.float16)
+    h = torch.where(h.to(torch.float32) > s, torch.nextafter(h, torch.zeros_like(h)), h)
+    return h.to(torch.float32)
+
+
+def round_significand(s: torch.Tensor, bits: int = 16) -> torch.Tensor:
+    """Round float32 values to `bits` significant bits (nearest). An fp32 scale with a short
+    significand times a code of <= 8 significant bits is exact in fp32, so dequantized values
+    carry no rounding error and re-quantizing them recovers the same scale."""
+    m, e = torch.frexp(s.to(torch.float32))
+    return torch.ldexp(torch.round(torch.ldexp(m, torch.full_like(e, bits))),
+                       (e - bits).to(torch.float32))
 
 
 def pow2_ceil(s: torch.Tensor) -> torch.Tensor:
@@ -139,6 +169,12 @@ class RunningBest:
         for name, value in state.items():
             cond = better if value.dim() == better.dim() else better.unsqueeze(-1)
             self.state[name] = torch.where(cond, value, self.state[name])
+
+    def exact(self) -> bool:
+        """Every group has zero error: no later candidate can replace anything (strictly better
+        only), so a search may stop. Happens when re-quantizing quantized values, e.g. in
+        `Format._canonicalize`, where it saves most of the search."""
+        return self.err is not None and not bool(self.err.any())
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.state[name]
