@@ -7,6 +7,7 @@
       report.json          per-layer quantization error and per-pass statistics
       kernels/             one generated Triton kernel per layer shape (when codegen is present)
       tokenizer/           the model's tokenizer files, when the source had them
+      build.json           facts about this compile run: date, wall time, pass timings, peak RSS
 
 Tensors live only in weights.safetensors: program.pt2 keeps each tensor as a one-element stub
 with its shape (so the archive stays small and nothing is stored twice), and `load` puts the real
@@ -14,8 +15,11 @@ tensors back by name. Writing is atomic: everything goes to a temporary sibling 
 renamed into place at the end, so a failed or interrupted compile leaves no OUT behind, and an
 existing OUT is replaced only with `force`.
 
-Everything except the manifest's `build` section (date, wall time, peak RSS, pass timings) is a
-function of the input and the options: compiling twice gives byte-identical files.
+Every file except build.json is a function of the input and the options only: compiling twice
+gives byte-identical files, manifest included. The facts that differ from run to run (creation
+date, wall and pass times, peak RSS, host) therefore live in build.json, which the manifest names
+(`"build_file"`) but does not hash, so that a reproducibility check can compare every other file
+byte for byte and `load` does not reject an artifact whose build record was edited or dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from qcompiler.program import Program
 
 ARTIFACT_VERSION = 1
 MANIFEST, PROGRAM, REPORT = "manifest.json", "program.pt2", "report.json"
+BUILD = "build.json"  # run-dependent facts: not hashed, not part of the byte-identical set
 WEIGHTS = "weights.safetensors"
 KERNELS, TOKENIZER = "kernels", "tokenizer"
 TOKENIZER_FILES = (
@@ -48,7 +53,8 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
 )
 # Keys of program.meta that describe this compile run rather than the model.
-TRANSIENT_META = ("lazy_tensors", "quantize_report")
+# Never written into program.pt2: streaming handles, reports and weight plans are per-compile state.
+TRANSIENT_META = ("lazy_tensors", "quantize_report", "weight_plans")
 UNSTABLE_NODE_META = ("from_node", "stack_trace")
 
 
@@ -104,11 +110,14 @@ def _write_contents(program: Program, tmp: Path, *, pipeline: str, format: str,
         "summary": _summary(layers, tensors),
         "kernels": kernels,
         "files": file_hashes(tmp),
-        "build": {**build, "pass_seconds": _pass_seconds(report), "host": platform.machine(),
-                  "peak_rss_mb": round(peak_rss_mb(), 1),
-                  "note": "this section differs between runs; nothing else does"},
+        "build_file": BUILD,
     }
     _write_json(tmp / MANIFEST, manifest)
+    # Last, so that the peak RSS covers writing every other file.
+    _write_json(tmp / BUILD, {
+        **build, "pass_seconds": _pass_seconds(report), "host": platform.machine(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "note": "facts about this compile run; the only file that differs between runs"})
 
 
 # ---- tensors -----------------------------------------------------------------------------------
@@ -313,7 +322,7 @@ def _summary(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> 
 
 
 def _deterministic_report(report: dict[str, Any], pipeline: str, format: str) -> dict[str, Any]:
-    """The pass report without wall times (those go to the manifest's build section)."""
+    """The pass report without wall times (those go to build.json)."""
     from qcompiler.capture import _jsonable
 
     out = {k: v for k, v in report.items() if k != "passes"}
@@ -341,11 +350,12 @@ def peak_rss_mb() -> float:
 
 # ---- files -------------------------------------------------------------------------------------
 def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file under `directory` except the manifest, by relative path."""
+    """sha256 of every file under `directory` except the manifest and build.json (which
+    differs between runs of the same compile), by relative path."""
     out = {}
     for p in sorted(directory.rglob("*")):
         rel = p.relative_to(directory).as_posix()
-        if p.is_file() and rel != MANIFEST:
+        if p.is_file() and rel not in (MANIFEST, BUILD):
             out[rel] = "sha256:" + sha256_file(p)
     return out
 
@@ -356,6 +366,15 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_build(path: str | os.PathLike) -> dict[str, Any]:
+    """The build record (build.json) of the artifact at `path`; {} when absent or unreadable:
+    it is informational, nothing depends on it."""
+    try:
+        return json.loads((Path(path) / BUILD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

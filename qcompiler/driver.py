@@ -65,6 +65,7 @@ def compile(
     trust_pickle: bool = False,
     stream: bool | None = None,
     example_inputs: Any = None,
+    calibration: Any = None,
     **pass_manager_options: Any,
 ) -> CompileResult:
     """Compile `model` (path, zoo:NAME, nn.Module or Program) to `format` or by `pipeline`.
@@ -72,7 +73,9 @@ def compile(
     emit: "artifact" (the default with `out`) writes the artifact directory; "program" (the
     default without) only returns the compiled Program; "ir" / "mlir" return the text in
     `result.text` and write it to `out` when given. A Program passed in is compiled in place.
-    Other keyword arguments go to the PassManager (print_ir_after_all=True, timing=True, ...).
+    calibration: a `qcompiler.calibration.CalibrationConfig` for the calibrated passes (clip,
+    gptq, pot-refine, lorc, smooth); None means the default (16 sequences of 128 tokens sampled
+    from the model). Other keyword arguments go to the PassManager (print_ir_after_all=True, ...).
     """
     from qcompiler.pass_manager import PassManager
     from qcompiler.passes_base import PassContext
@@ -93,7 +96,7 @@ def compile(
 
     program = capture_model(model, stream=stream, trust_pickle=trust_pickle,
                             example_inputs=example_inputs)
-    ctx = PassContext(verbose=verbose, quiet=quiet)
+    ctx = PassContext(verbose=verbose, quiet=quiet, calibration=calibration)
     program = PassManager(passes, **pass_manager_options).run(program, ctx)
     result = CompileResult(program, pipeline_text, fmt, ctx.report)
 
@@ -111,7 +114,7 @@ def compile(
 
             result.text = emit_mlir(program)
         if out is not None:
-            result.path = _write_text(result.text, Path(out), force)
+            result.path = write_text(result.text, Path(out), force)
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
     return result
@@ -129,7 +132,8 @@ def _write(program: Program, out: Path, pipeline: str, fmt: str, ctx: Any, force
                           force=force, build=build, progress=progress)
 
 
-def _write_text(text: str, out: Path, force: bool) -> Path:
+def write_text(text: str, out: Path, force: bool) -> Path:
+    """Write IR/MLIR text whole: a temp file renamed into place, never half a file."""
     if out.exists() and not force:
         raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
     tmp = out.with_name(f".{out.name}.tmp")

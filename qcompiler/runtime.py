@@ -40,6 +40,11 @@ class LoadedModel(torch.nn.Module):
         return self.program.kind
 
     @property
+    def build(self) -> dict[str, Any]:
+        """The artifact's build record (date, compile time, peak RSS); {} when it has none."""
+        return artifact.read_build(self.path) if self.path is not None else {}
+
+    @property
     def config(self) -> dict[str, Any]:
         return self.program.meta.get("config") or {}
 

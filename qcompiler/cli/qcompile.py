@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
 from qcompiler.cli import common
 from qcompiler.errors import QCompilerError, UsageError
@@ -44,6 +43,7 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("--print-pipeline", action="store_true",
                    help="print the pipeline that --format/--pipeline expands to, and exit")
     common.add_pass_manager_args(p)
+    common.add_calibration_args(p)
     return p
 
 
@@ -73,37 +73,19 @@ def _compile(args) -> int:
     emit = args.emit or ("artifact" if args.output else "ir")
     if emit == "artifact" and not args.output:
         raise UsageError("--emit artifact needs -o OUT (the directory to write)")
-    out = Path(args.output) if args.output else None
-    if out is not None and out.exists() and not args.force:
-        raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+    from qcompiler.driver import compile as compile_model
 
-    from qcompiler.capture import capture
-    from qcompiler.pass_manager import PassManager
-    from qcompiler.passes_base import PassContext
-
-    program = capture(args.model, trust_pickle=args.trust_pickle)
-    ctx = PassContext(verbose=args.verbose, quiet=args.quiet)
-    pm = PassManager(passes, **common.pass_manager_kwargs(args))
-    program = pm.run(program, ctx)
-    pipeline_text = format_pipeline(passes)
-
+    calibration = common.calibration_config(args)  # a bad --calib fails before capture
+    result = compile_model(
+        args.model, pipeline=spec, out=args.output, force=args.force,
+        emit=emit, quiet=args.quiet, verbose=args.verbose, trust_pickle=args.trust_pickle,
+        calibration=calibration, **common.pass_manager_kwargs(args))
     if emit == "artifact":
-        from qcompiler.artifact import write_artifact
-
-        path = write_artifact(program, out, pipeline=pipeline_text, format=args.format or "",
-                              report=ctx.report, force=args.force)
         if not args.quiet:
-            sys.stderr.write(f"wrote {path}\n")
-        return common.EXIT_OK
-    if emit == "mlir":
-        from qcompiler.mlir_emit import emit_mlir
-
-        text = emit_mlir(program)
-    else:
-        from qcompiler.ir import print_program
-
-        text = print_program(program)
-    _write_text(text, out, args.force)
+            sys.stderr.write(f"wrote {result.path}\n")
+    elif args.output is None:
+        text = result.text or ""
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return common.EXIT_OK
 
 
@@ -114,21 +96,3 @@ def _check_format(name: str) -> None:
         formats.get(name)
     except QCompilerError as e:
         raise UsageError(str(e)) from None
-
-
-def _write_text(text: str, out: Path | None, force: bool) -> None:
-    """stdout, or a file written whole (temp file renamed into place)."""
-    if out is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise QCompilerError(f"cannot write {out}: {e.strerror}") from None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -101,3 +102,66 @@ def test_driver_checks_output_before_compiling(tmp_path, monkeypatch):
     with pytest.raises(QCompilerError, match="is not writable"):
         driver.compile("zoo:does-not-matter", format="int4", out=tmp_path / "out")
     assert torch.__version__  # nothing was captured: the bad zoo name was never looked up
+
+
+def test_truncated_safetensors_data(hf_dir, tmp_path, capsys):
+    """A checkpoint cut short after its header (an interrupted download): the header parses, the
+    data does not cover it; both the CLI and streaming capture say so in one line."""
+    broken = tmp_path / "truncated"
+    shutil.copytree(hf_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    compile_fails([str(broken), "--format", "int4", "-o", str(tmp_path / "out")], capsys,
+                  "cannot load the weights in")
+    with pytest.raises(QCompilerError, match="model.safetensors is not a valid safetensors file"):
+        qcompiler.compile(broken, format="int4", out=tmp_path / "out", stream=True, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated"]
+
+
+def test_nan_weights_when_streaming(hf_dir, tmp_path):
+    """Streaming reads each weight from the shard inside lower-datatype: the NaN check still
+    runs there, and nothing is left behind."""
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(hf_dir, bad)
+    tensors = load_file(bad / "model.safetensors")
+    tensors["model.layers.1.self_attn.o_proj.weight"][3, 5] = float("inf")
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(QCompilerError, match="the weight of model.layers.1.self_attn.o_proj "
+                                             "has 1 NaN/Inf"):
+        qcompiler.compile(bad, format="int4", out=tmp_path / "out", stream=True, quiet=True,
+                          reproducer_dir=tmp_path / "repro")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into read-only directories")
+def test_read_only_directory(tmp_path, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        compile_fails(["zoo:llama-tiny", "--format", "int4", "-o", str(parent / "out")], capsys,
+                      "cannot write")
+        assert list(parent.iterdir()) == []
+    finally:
+        parent.chmod(0o755)
+
+
+def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
+    """The disk fills up (or the directory becomes unwritable) half-way through the artifact:
+    one line naming OUT and the OS reason, exit 1, and neither OUT nor the temporary directory
+    is left behind."""
+    import errno
+
+    from qcompiler import artifact
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(artifact, "save_program", full)  # after weights.safetensors is written
+    out = tmp_path / "out"
+    compile_fails(["zoo:llama-tiny", "--format", "int4", "-o", str(out)], capsys,
+                  f"cannot write {out}: No space left on device")
+    assert list(tmp_path.iterdir()) == []
