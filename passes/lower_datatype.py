@@ -19,6 +19,14 @@ A K that the group size does not divide is an error by default (`on-indivisible=
 message lists group sizes that fit); `skip` keeps such layers in fp (listed in the report) and
 `pad` zero-pads K to a multiple of the group size, with an explicit `aten.constant_pad_nd` on x.
 
+Weight plans (qcompiler/weight_plan.py): when a calibration pass (clip, gptq, pot-refine, lorc)
+already chose a layer's quantized values and the layer's weight is still the one it recorded,
+its QTensor is used as is (bit-exact, no second search) if its format and group size are the
+ones this pass would use; otherwise a warning says so and the layer's original fp weight is
+quantized normally.
+Plans are dropped once used. The default skip also keeps LoRC's low-rank linears
+(`<layer>.lorc_a/.lorc_b`) in fp.
+
 Per-layer results (format, group size, N, K, relative weight error Σ(ŵ−w)²/Σw²) go to
 `ctx.report["layers"]`, which the artifact writes as report.json.
 """
@@ -38,6 +46,7 @@ from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
+from qcompiler.weight_plan import describe, drop_plan, plans, valid_plan
 
 KEEP_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn")
 CHUNK_ELEMENTS = 1 << 20  # weights bigger than this are quantized a block of rows at a time
@@ -88,7 +97,7 @@ class LowerDatatype(Pass):
     name = "lower-datatype"
     format: str = "razer4"
     group_size: int | None = None  # None: the format's default
-    skip: tuple[str, ...] = ("lm_head", "*embed*")
+    skip: tuple[str, ...] = ("lm_head", "*embed*", "*.lorc_*")
     override: str = ""
     on_indivisible: Literal["error", "skip", "pad"] = "error"
     search: Literal["clip", "rtn"] | None = None  # None: the format's default search
@@ -127,8 +136,9 @@ class LowerDatatype(Pass):
         nodes = list(program.linears())
         layers = ctx.report.setdefault("layers", [])
         quantized = skipped = 0
+        object.__setattr__(self, "_warned", False)
         for node in ctx.progress(nodes, total=len(nodes), desc=self.name):
-            entry = self._lower(program, node)
+            entry = self._lower(program, node, ctx)
             layers.append(entry)
             if entry["status"] == "quantized":
                 quantized += 1
@@ -139,7 +149,7 @@ class LowerDatatype(Pass):
         return PassResult(quantized > 0,
                           {"layers-quantized": quantized, "layers-skipped": skipped})
 
-    def _lower(self, program: Program, node: fx.Node) -> dict[str, Any]:
+    def _lower(self, program: Program, node: fx.Node, ctx: PassContext) -> dict[str, Any]:
         weight_node = node.args[1]
         target = str(weight_node.target)
         layer = target.removesuffix(".weight")
@@ -164,6 +174,19 @@ class LowerDatatype(Pass):
             if self.on_indivisible == "error":
                 raise PassError(self.name, _indivisible_message(fmt, group, k, layer))
             pad = math.ceil(k / group) * group - k
+        planned = self._planned(program, ctx, layer, target, fmt.name, group, pad)
+        if planned is not None:
+            q = planned["qtensor"]
+            rel_error = _rel_error(planned["original"], fmt.dequantize(q))
+            self._rewrite(program, node, layer, q, pad)
+            drop_plan(program, layer)
+            if not weight_node.users:
+                program.graph.erase_node(weight_node)
+                program.delete_tensor(target)
+            return {**entry, "status": "quantized", "format": fmt.name, "group_size": group,
+                    "dtype": str(weight.dtype).removeprefix("torch."),
+                    "bits_per_weight": fmt.bits_per_weight(group), "rel_error": rel_error,
+                    "planned_by": planned["by"]}
         w = _weight(program, target).detach()  # in its own dtype: rows go to fp32 in blocks
         if not bool(torch.isfinite(w).all()):
             bad = int((~torch.isfinite(w)).sum())
@@ -186,6 +209,29 @@ class LowerDatatype(Pass):
         if pad:
             entry["padded_k"] = k + pad
         return entry
+
+    def _planned(self, program: Program, ctx: PassContext, layer: str, target: str,
+                 fmt: str, group: int, pad: int) -> dict[str, Any] | None:
+        """The layer's weight plan when it can be used as is (module docstring)."""
+        record = plans(program).get(layer)
+        if record is None:
+            return None
+        if valid_plan(program, layer, target) is None:
+            ctx.log(f"{layer}: the weight changed after {record['by']} planned it; "
+                    "quantizing it again")
+            drop_plan(program, layer)
+            return None
+        if record["format"] != fmt or record["group_size"] != group or pad:
+            if not getattr(self, "_warned", False):  # once per run, not per layer
+                ctx.warn(f"{self.name}: {layer} was planned by {record['by']} as "
+                         f"{describe(record)} but is lowered to {fmt} g{group}; quantizing "
+                         f"such layers again (give {record['by']} the same format and group "
+                         "size)")
+            object.__setattr__(self, "_warned", True)
+            program.set_tensor(target, record["original"])  # requantize the fp weight, not
+            drop_plan(program, layer)                       # the planned (quantized) one
+            return None
+        return record
 
     def _rewrite(self, program: Program, node: fx.Node, layer: str, q: Any, pad: int) -> None:
         from qcompiler.ops import PARTS, encode_opts, linear_op, op_name
@@ -251,6 +297,13 @@ def quantize_rows(fmt: Any, w: torch.Tensor, group: int,
         return q, rel_error
     tensors = {key: torch.cat([p.tensors()[key] for p in parts]) for key in first.tensors()}
     return QTensor.from_tensors(fmt.name, (n, k), first.group_size, tensors, first.opts), rel_error
+
+
+def _rel_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    w = w.detach().to(torch.float32)
+    norm = float((w * w).sum())
+    err = float(((w_hat - w) ** 2).sum())
+    return float(f"{err / norm:.6g}") if norm > 0 else 0.0
 
 
 def _weight(program: Program, target: str) -> torch.Tensor:

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 from qcompiler.errors import QCompilerError, UsageError
 
@@ -53,6 +53,31 @@ def add_pass_manager_args(p: argparse.ArgumentParser) -> None:
                    help="where to write a reproducer when a pass fails (default: a temp dir)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more output on stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """--calib/--calib-samples/--calib-seqlen/--slac: data for clip, gptq, pot-refine, lorc,
+    smooth (see qcompiler/calibration.py); without --calib, sequences sampled from the model."""
+    g = p.add_argument_group("calibration (for clip, gptq, pot-refine, lorc, smooth)")
+    g.add_argument("--calib", metavar="FILE",
+                   help="calibration text (default: sequences sampled from the model)")
+    g.add_argument("--calib-samples", type=int, default=16, metavar="N",
+                   help="number of calibration sequences (default 16)")
+    g.add_argument("--calib-seqlen", type=int, default=128, metavar="L",
+                   help="tokens per calibration sequence; with --slac the target length "
+                        "(default 128)")
+    g.add_argument("--slac", action="store_true",
+                   help="sequence-length-aware calibration: lengths spread up to --calib-seqlen")
+
+
+def calibration_config(args: argparse.Namespace) -> Any:
+    """The CalibrationConfig the flags describe (a missing --calib file is a one-line error)."""
+    from qcompiler.calibration import CalibrationConfig
+
+    kwargs = dict(samples=args.calib_samples, seqlen=args.calib_seqlen, slac=args.slac)
+    if args.calib is not None:
+        return CalibrationConfig.from_file(args.calib, **kwargs)
+    return CalibrationConfig(**kwargs)
 
 
 def pass_manager_kwargs(args: argparse.Namespace) -> dict:

@@ -26,6 +26,7 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("--emit", choices=["ir", "mlir"], default="ir", help="output form")
     p.add_argument("-o", "--output", help="write the output to this file instead of stdout")
     common.add_pass_manager_args(p)
+    common.add_calibration_args(p)
     return p
 
 
@@ -51,14 +52,15 @@ def _run(args) -> int:
     from pathlib import Path
 
     from qcompiler.capture import capture
-    from qcompiler.cli.qcompile import _write_text
+    from qcompiler.driver import write_text
     from qcompiler.pass_manager import PassManager
     from qcompiler.passes_base import PassContext
     from qcompiler.pipeline import parse_pipeline, resolve_pipeline
 
     passes = parse_pipeline(resolve_pipeline(args.pipeline or "", None, None)) if args.pipeline else []
+    calibration = common.calibration_config(args)  # a bad --calib fails before capture
     program = capture(args.model, trust_pickle=args.trust_pickle)
-    ctx = PassContext(verbose=args.verbose, quiet=args.quiet)
+    ctx = PassContext(verbose=args.verbose, quiet=args.quiet, calibration=calibration)
     program = PassManager(passes, **common.pass_manager_kwargs(args)).run(program, ctx)
     if args.emit == "mlir":
         from qcompiler.mlir_emit import emit_mlir
@@ -68,7 +70,10 @@ def _run(args) -> int:
         from qcompiler.ir import print_program
 
         text = print_program(program)
-    _write_text(text, Path(args.output) if args.output else None, force=True)
+    if args.output:
+        write_text(text, Path(args.output), force=True)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return common.EXIT_OK
 
 

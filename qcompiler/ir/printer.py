@@ -10,7 +10,9 @@
 Value names are the fx node names (stable: torch.export names nodes deterministically, and our
 passes derive new names from old ones). Dynamic sizes print as `?`. Tensors are never printed,
 only their types; keyword arguments print as `{key = value}` attributes (this is where the
-quantized ops carry format, group size and shape). We do not use PyTorch's own graph printing,
+quantized ops carry format, group size and shape). A weight whose quantized values a calibration
+pass already chose (a weight plan, qcompiler/weight_plan.py) carries `{plan = "razer4 g128 by
+gptq"}` on its param line. We do not use PyTorch's own graph printing,
 whose format changes between releases.
 """
 
@@ -53,11 +55,23 @@ def print_program(program: Any) -> str:
         if node.op == "output":
             lines.append(f"  qc.return {_operand(output.args[0])} : {sig_out}")
         elif node.op == "get_attr":
-            lines.append(f'  %{node.name} = qc.param "{node.target}" : {type_str(node)}')
+            lines.append(f'  %{node.name} = qc.param "{node.target}" : {type_str(node)}'
+                         + _plan_attr(program, str(node.target)))
         else:
             lines.append(_op_line(node))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _plan_attr(program: Any, target: str) -> str:
+    """` {plan = "razer4 g128 by gptq"}` on a weight whose quantized values a pass chose."""
+    if not hasattr(program, "meta") or not (program.meta or {}).get("weight_plans"):
+        return ""
+    from qcompiler.weight_plan import describe, valid_plan
+
+    layer = target.removesuffix(".weight")
+    record = valid_plan(program, layer, target) if layer != target else None
+    return f' {{plan = "{describe(record)}"}}' if record is not None else ""
 
 
 def type_str(node: fx.Node) -> str:

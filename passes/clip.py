@@ -1,0 +1,136 @@
+"""`clip`: choose each weight group's clipping (its scale) by measured error, and plan it.
+
+    clip{format=razer4}                                   output error on calibration data
+    clip{format=int4,group-size=64,objective=weight-mse}  weight error, no calibration
+    clip{format=fp4,grid=1.0,0.95,0.9,0.85,0.8}           an explicit grid of clip ratios
+
+The quantizing is the format's own: with the default (empty) `grid`, the format's clip search
+(scale_search.py: 10 ratios per group, coarse then local) with `x` = a sample of the layer's
+calibration inputs for `objective=output-mse` (each group minimises its share of
+||x wᵀ − x ŵᵀ||²), none for `weight-mse`. With an explicit `grid`, each ratio r clamps every
+group to r × its range and lets the format quantize that with no search (so the codes and
+parameters are the format's), and each group keeps the ratio with the smallest error (ratio
+order breaks ties, so list 1.0 first to never lose to RTN). The result is a weight plan
+(qcompiler/weight_plan.py) that lower-datatype uses as is. When the row samples of all layers
+exceed the calibration memory budget, layers are planned a chunk at a time, and later chunks see
+inputs computed through the already-planned (fake-quantized) earlier layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from qcompiler.calibration import calibration_batches, iter_linear_stats
+from qcompiler.errors import PassError, QCompilerError
+from qcompiler.formats import packing
+from qcompiler.formats.base import QTensor
+from qcompiler.formats.scale_search import ErrorMeasure
+from qcompiler.pass_registry import register_pass
+from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
+from qcompiler.passes_base import Pass, PassContext, PassResult
+from qcompiler.weight_plan import original_weight, record_plan
+
+SAMPLE_ROWS = 2048  # calibration rows per layer for the output-error objective
+
+
+@register_pass
+@dataclass(frozen=True)
+class Clip(Pass):
+    """Search each weight group's clipping ratio (weight or output error) and plan the result."""
+
+    name = "clip"
+    format: str
+    group_size: int | None = None
+    objective: Literal["weight-mse", "output-mse"] = "output-mse"
+    grid: tuple[float, ...] = ()
+    skip: tuple[str, ...] = DEFAULT_SKIP
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.grid if not 0.0 < r <= 1.0]
+        if bad:
+            raise ValueError(f"grid ratios must be in (0, 1], got {bad[0]}; e.g. grid=1.0,0.9,0.8")
+
+    def apply(self, program: Any, ctx: PassContext) -> PassResult:
+        fmt = weight_format(self.name, self.format)
+        layers = list(select_layers(self.name, program, fmt, self.group_size, self.skip, ctx))
+        if not layers:
+            return PassResult(False, {"layers-planned": 0})
+        if self.objective == "weight-mse":
+            for layer in ctx.progress(layers, total=len(layers), desc=self.name):
+                self._plan(program, fmt, layer, None)
+        else:
+            by_name = {l.name: l for l in layers}
+            batches = calibration_batches(program, ctx)
+            # row samples a budget-sized chunk of layers at a time (calibration.py)
+            for stats in iter_linear_stats(program, batches, list(by_name), absmax=False,
+                                           max_samples=SAMPLE_ROWS, ctx=ctx):
+                for name, st in ctx.progress(list(stats.items()), desc=self.name):
+                    self._plan(program, fmt, by_name[name], st.samples)
+        return PassResult(True, {"layers-planned": len(layers)})
+
+    def _plan(self, program: Any, fmt: Any, layer: Any, x: torch.Tensor | None) -> None:
+        w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
+        try:
+            if self.grid:
+                qt = grid_search(fmt, w, layer.group, self.grid, x)
+            else:
+                qt = fmt.quantize(w, group_size=layer.group, search="clip", x=x)
+        except QCompilerError as e:
+            raise PassError(self.name, f"{layer.name}: {e}") from None
+        record_plan(program, layer.name, layer.weight, qt, by=self.name)
+
+
+def grid_search(fmt: Any, w: torch.Tensor, group: int, ratios: tuple[float, ...],
+                x: torch.Tensor | None) -> QTensor:
+    """Per group, the best of the ratios: clamp the group to r × [min, max], quantize with the
+    format's RTN, measure (weight or output error), keep the best group by group."""
+    from qcompiler.gptq_core import GROUP_KEYS
+
+    n, k = w.shape
+    g = k // group
+    wg = w.reshape(n, g, group)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    measure = ErrorMeasure(x, group, fmt.name)
+    ones = torch.ones(n, g, 1)
+    pin = float(w.abs().max())
+    best_err = best = best_codes = None
+    for r in ratios:
+        clamped = torch.minimum(torch.maximum(wg, r * lo), r * hi).reshape(n, k)
+        q = _quantize_pinned(fmt, clamped, group, pin)
+        err = measure((fmt.dequantize(q) - w).reshape(n, g, group), ones)
+        codes = packing.unpack(q.codes, fmt.bits, k).reshape(n, g, group)
+        if best is None:
+            best_err, best, best_codes = err, q.tensors(), codes
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_codes = torch.where(better[..., None], codes, best_codes)
+        parts = q.tensors()
+        for key in GROUP_KEYS:
+            if key in parts:
+                best[key] = torch.where(better, parts[key], best[key])
+    best["codes"] = packing.pack(best_codes.reshape(n, k), fmt.bits)
+    return QTensor.from_tensors(fmt.name, (n, k), group, best, q.opts)
+
+
+def _quantize_pinned(fmt: Any, w: torch.Tensor, group: int, pin: float) -> QTensor:
+    """RTN quantization whose per-tensor scale (if the format has one) is that of absmax `pin`:
+    every ratio must share one global scale, so an extra pinning group is appended, then cut."""
+    probe = fmt.quantize(w[:1, :group], group_size=group, search="rtn")
+    if probe.global_scale is None:
+        return fmt.quantize(w, group_size=group, search="rtn")
+    n, k = w.shape
+    extra = torch.zeros(n, group)
+    extra[0, 0] = pin
+    q = fmt.quantize(torch.cat([w, extra], 1), group_size=group, search="rtn")
+    parts = q.tensors()
+    g = k // group
+    for key in ("scales", "zeros", "meta"):
+        if key in parts:
+            parts[key] = parts[key][:, :g]
+    codes = packing.unpack(parts["codes"], fmt.bits, k + group)[:, :k]
+    parts["codes"] = packing.pack(codes, fmt.bits)
+    return QTensor.from_tensors(fmt.name, (n, k), group, parts, q.opts)

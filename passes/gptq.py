@@ -1,0 +1,75 @@
+"""`gptq`: GPTQ error compensation in any weight format, planned for lower-datatype.
+
+    gptq{format=razer4}                            group 128, block 128, damp 0.01
+    gptq{format=pot4,group-size=64,act-order=true}
+
+For each selected linear, the Hessian H = Σ xᵀx of its input over the calibration data
+(qcompiler/calibration.py; q/k/v and gate/up share theirs) drives the GPTQ loop of
+qcompiler/gptq_core.py, which quantizes with the format's own quantizer group by group, so every
+format works. The result becomes a weight plan (qcompiler/weight_plan.py): the fp weight is
+replaced by its fake-quantized value and lower-datatype packs exactly the codes GPTQ chose.
+Hessians are collected a budget-sized chunk of layers at a time (1 GiB, calibration.py); when a
+model needs several chunks, the later chunks' Hessians come from inputs computed through the
+already-quantized earlier layers (GPTQ's sequential flavour), the first chunk's from the fp model.
+`damp` is the fraction of the mean Hessian diagonal added to it (raised automatically, ×10 at a
+time, if H is still not positive definite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from qcompiler.calibration import calibration_batches, iter_linear_stats
+from qcompiler.errors import PassError, QCompilerError
+from qcompiler.gptq_core import gptq_quantize
+from qcompiler.pass_registry import register_pass
+from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
+from qcompiler.passes_base import Pass, PassContext, PassResult
+from qcompiler.weight_plan import original_weight, record_plan
+
+
+@register_pass
+@dataclass(frozen=True)
+class Gptq(Pass):
+    """GPTQ: quantize column by column, compensating each error with calibration Hessians."""
+
+    name = "gptq"
+    format: str
+    group_size: int | None = None
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+    search: Literal["clip", "rtn"] | None = None  # how each group's scale is chosen
+    skip: tuple[str, ...] = DEFAULT_SKIP
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block-size must be >= 1, got {self.block_size}")
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"damp must be in (0, 1), got {self.damp}; the usual value is 0.01")
+
+    def apply(self, program: Any, ctx: PassContext) -> PassResult:
+        fmt = weight_format(self.name, self.format)
+        layers = list(select_layers(self.name, program, fmt, self.group_size, self.skip, ctx))
+        if not layers:
+            return PassResult(False, {"layers-planned": 0})
+        batches = calibration_batches(program, ctx)
+        by_name = {l.name: l for l in layers}
+        # Hessians a budget-sized chunk at a time (calibration.py): memory stays bounded.
+        for stats in iter_linear_stats(program, batches, list(by_name), absmax=False,
+                                       hessian=True, ctx=ctx):
+            for name, st in ctx.progress(list(stats.items()), desc=self.name):
+                self._quantize(program, fmt, by_name[name], st.hessian)
+        return PassResult(True, {"layers-planned": len(layers)})
+
+    def _quantize(self, program: Any, fmt: Any, layer: Any, hessian: torch.Tensor) -> None:
+        w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
+        try:
+            qt = gptq_quantize(fmt, w, hessian, layer.group, block_size=self.block_size,
+                               damp=self.damp, act_order=self.act_order, search=self.search)
+        except (QCompilerError, ValueError) as e:
+            raise PassError(self.name, f"{layer.name}: {e}") from None
+        record_plan(program, layer.name, layer.weight, qt, by=self.name)
