@@ -371,6 +371,8 @@ def _register_custom_ops() -> None:
     """Quantized programs reference qc:: ops; importing the op library registers them."""
     try:
         import qcompiler.ops  # noqa: F401
+        import qcompiler.act_ops  # noqa: F401  (qc.quantize_act / qc.quantize_kv)
+        import qcompiler.hadamard_op  # noqa: F401  (qc.hadamard, from rotate{online-down=true})
     except ImportError:
         pass
 
