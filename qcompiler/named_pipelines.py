@@ -57,11 +57,50 @@ def all_pipelines() -> dict[str, tuple[str, str]]:
     for fmt in format_names() or []:
         if fmt not in out:
             out[fmt] = (default_pipeline_for_format(fmt), f"default pipeline for --format {fmt}")
+        for name, entry in paper_pipelines(fmt).items():
+            out.setdefault(name, entry)
     return dict(sorted(out.items()))
 
 
+def paper_pipelines(fmt: str) -> dict[str, tuple[str, str]]:
+    """The recipes of the papers, per weight format (`razer4-max`, `pot4-refine`, ...).
+
+    - `F-clip`: the per-group clipping search on the layer output error (calibration data),
+      after folding the norms: what RaZeR and AWQ-style RTN baselines do.
+    - `F-max`: QuaRot rotation of the residual stream, then GPTQ with the format's own
+      quantizer: the strongest weight-only recipe (Llama-family graphs; others say why not).
+    - `F-w4a8`: F-max plus FP8-E4M3 per-token activations (ZeroQuant-FP's W4A8).
+    - `potN-refine`: the PoT paper's two steps, robust init then scale refinement on
+      calibration data.
+    """
+    try:
+        from qcompiler import formats
+
+        f = formats.get(fmt)
+    except Exception:
+        return {}
+    if f.role not in ("weight", "both") or f.bits > 4:
+        return {}
+    q = f"format={fmt}"
+    lower = f"lower-datatype{{{q}}}"
+    out = {
+        f"{fmt}-clip": (f"canonicalize,dce,fold-norms,clip{{{q},objective=output-mse}},{lower},dce",
+                        f"{fmt} with an output-error clipping search on calibration data"),
+        f"{fmt}-max": (f"canonicalize,dce,fold-norms,rotate,gptq{{{q}}},{lower},dce",
+                       f"{fmt} after Hadamard rotation and GPTQ (Llama-family models)"),
+    }
+    if f.bits == 4:
+        out[f"{fmt}-w4a8"] = (f"canonicalize,dce,fold-norms,rotate,gptq{{{q}}},{lower},"
+                              "quantize-act{format=fp8-e4m3},dce",
+                              f"{fmt} weights (rotate + GPTQ) with FP8-E4M3 per-token activations")
+    if fmt.startswith("pot"):
+        out[f"{fmt}-refine"] = (f"canonicalize,dce,pot-refine{{{q}}},{lower},dce",
+                                f"{fmt} with the PoT paper's scale refinement on calibration data")
+    return out
+
+
 def is_pipeline(name: str) -> bool:
-    return name in _PIPELINES or name in (format_names() or [])
+    return name in _PIPELINES or name in all_pipelines()
 
 
 def expand(name: str) -> str:

@@ -120,12 +120,17 @@ def format_pipeline(passes: Sequence[Pass], canonical: bool = False) -> str:
     return ",".join(p.canonical() if canonical else str(p) for p in passes)
 
 
+# Passes with `format` and `group-size` options that `--format` / `--group-size` fill in.
+FORMAT_PASSES = ("lower-datatype", "clip", "gptq", "lorc")
+
+
 def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int | None) -> str:
     """The pipeline string the CLI runs, from `--pipeline`, `--format` and `--group-size`.
 
     No `--pipeline`: the format's default pipeline. With one, named pipelines in it are expanded
-    and `--format` / `--group-size` fill in `lower-datatype` options it does not set, so a named
-    pipeline can be written once for every format.
+    and `--format` / `--group-size` fill in the options it does not set on the passes that quantize
+    weights to a format (`lower-datatype`, `clip`, `gptq`, `lorc`), so a pipeline can be written
+    once for every format: `--format int4 --pipeline 'fold-norms,gptq,lower-datatype'`.
     """
     from qcompiler import named_pipelines
 
@@ -137,7 +142,7 @@ def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int |
     fill = {"format": format, "group-size": None if group_size is None else str(group_size)}
     out = []
     for item in items:
-        if item.name == "lower-datatype":
+        if item.name in FORMAT_PASSES:
             given = {k for k, _ in item.options}
             extra = tuple((k, v) for k, v in fill.items() if v is not None and k not in given)
             item = PassSpec(item.name, item.options + extra, item.column)
