@@ -92,9 +92,13 @@ def source_linears(node: fx.Node) -> list[fx.Node]:
     return list(found)
 
 
-def attention_sites(program: Program, pass_name: str) -> list[AttentionSite]:
-    """Every attention of the program, or a one-line PassError saying what is not supported."""
-    if program.kind == "encoder":
+def attention_sites(program: Program, pass_name: str, *,
+                    encoders: bool = False) -> list[AttentionSite]:
+    """Every attention of the program, or a one-line PassError saying what is not supported.
+
+    Encoders are refused (they have no KV cache) unless `encoders`: smooth/awq only need the
+    v_proj -> attention output path, which an encoder's attention has too."""
+    if program.kind == "encoder" and not encoders:
         raise PassError(pass_name, "this is an encoder model: it has no KV cache; run "
                         f"{pass_name} on decoder (causal-lm) models")
     sites = []

@@ -153,7 +153,7 @@ def find_groups(program: Program, skip: tuple[str, ...], pass_name: str,
         raise PassError(pass_name, "the program already has quantized qc.linear_* layers; run "
                         f"{pass_name} before lower-datatype")
     try:
-        sites = attention_sites(program, pass_name)
+        sites = attention_sites(program, pass_name, encoders=True)
     except PassError:
         sites = []  # no recognisable attention: o_proj groups are skipped below
     norms = find_norms(program)

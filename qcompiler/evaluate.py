@@ -11,6 +11,13 @@ sentence-transformers does for MiniLM, reported as mean and minimum over the sam
 Without text the evaluation still works offline on any model: decoders are evaluated on sequences
 sampled from the reference model itself (seeded; temperature 1), encoders on random token
 sequences (seeded). The same seed gives the same sequences, so numbers compare across formats.
+
+The evaluation draws from its own seed stream (`seed + EVAL_SEED_OFFSET`), never the one the
+calibration uses (`seed + i`, qcompiler/calibration.py): with a shared stream, the default
+evaluation sequences were the calibration sequences (a decoder's 8 evaluation samples were
+prefixes of its first 8 calibration samples, the same tokens from the same model and seed; an
+encoder's first 2 random sequences sat inside calibration sequence 0), so calibrated pipelines
+(gptq, clip, awq) were scored on the data they were fitted to.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from qcompiler.errors import QCompilerError
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+EVAL_SEED_OFFSET = 1 << 20  # evaluation seeds never meet calibration's (seed + sample index)
 
 
 @dataclass
@@ -79,16 +87,28 @@ def evaluate(quantized: Model, reference: Model, *, kind: str, vocab_size: int,
         sequences = text_sequences(text, tokenizer, samples=samples, seq_len=seq_len, kind=kind)
         data = "text"
     elif kind == "causal-lm":
-        sequences = [sample_sequence(reference, vocab_size, seq_len, seed + i, bos_token_id)
+        sequences = [sample_sequence(reference, vocab_size, seq_len,
+                                     seed + EVAL_SEED_OFFSET + i, bos_token_id)
                      for i in range(samples)]
         data = "sampled"
     else:
-        sequences = random_sequences(vocab_size, samples, seq_len, seed, tokenizer)
+        sequences = random_sequences(vocab_size, samples, seq_len, seed + EVAL_SEED_OFFSET,
+                                     tokenizer)
         data = "random"
     tokens = sum(int(s.shape[-1]) for s in sequences)
     if kind == "causal-lm":
         return _compare_decoder(quantized, reference, sequences, data, tokens,
                                 with_perplexity=text is not None)
+    return _compare_encoder(quantized, reference, sequences, data, tokens, kind)
+
+
+def compare(quantized: Model, reference: Model, sequences: list[torch.Tensor], *,
+            kind: str, data: str = "given") -> EvalResult:
+    """`evaluate` on sequences the caller already has (benchmarks draw them once per model)."""
+    tokens = sum(int(s.shape[-1]) for s in sequences)
+    if kind == "causal-lm":
+        return _compare_decoder(quantized, reference, sequences, data, tokens,
+                                with_perplexity=False)
     return _compare_encoder(quantized, reference, sequences, data, tokens, kind)
 
 
