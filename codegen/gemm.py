@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from string import Template
 
+from qcompiler.codegen import epilogue
 from qcompiler.codegen.decode_plan import DecodePlan
 from qcompiler.codegen.dequant import dequant_fn_name, group_fn_name
 
@@ -109,21 +110,11 @@ def ${name}(
                          mask=m_mask[:, None] & u_mask[None, :], other=0.0)
             acc = tl.dot(xk, w, acc)
 
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        if SPLIT_K > 1:
-            bias = tl.where(pid_k == 0, bias, 0.0)  # one split adds the bias
-        acc += bias[None, :]
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    y_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
-    else:
-        tl.atomic_add(y_ptrs, acc, mask=y_mask, sem="relaxed")
-''')
+${epilogue}''')
 
 
 def render(name: str, plan: DecodePlan) -> str:
     """The GEMM kernel for `plan`, named `name`."""
     return KERNEL.substitute(name=name, format=plan.format, group_fn=group_fn_name(plan),
-                             dequant_fn=dequant_fn_name(plan))
+                             dequant_fn=dequant_fn_name(plan),
+                             epilogue=epilogue.render("acc"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from string import Template
 
+from qcompiler.codegen import epilogue
 from qcompiler.codegen.decode_plan import DecodePlan
 from qcompiler.codegen.dequant import dequant_fn_name, group_fn_name
 
@@ -118,21 +119,11 @@ def ${name}(
             acc += xk.to(tl.float32) * w[None, :, :, :]
 
     y = tl.sum(tl.sum(acc, axis=3), axis=2)  # [BLOCK_M, BLOCK_N]
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        if SPLIT_K > 1:
-            bias = tl.where(pid_k == 0, bias, 0.0)  # one split adds the bias
-        y += bias[None, :]
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    y_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_mask)
-    else:
-        tl.atomic_add(y_ptrs, y, mask=y_mask, sem="relaxed")
-''')
+${epilogue}''')
 
 
 def render(name: str, plan: DecodePlan) -> str:
     """The GEMV kernel for `plan`, named `name`."""
     return KERNEL.substitute(name=name, format=plan.format, group_fn=group_fn_name(plan),
-                             dequant_fn=dequant_fn_name(plan))
+                             dequant_fn=dequant_fn_name(plan),
+                             epilogue=epilogue.render("y"))
