@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from qcompiler.graph_match import Norm, find_norms, iter_weight_uses, norm_consumers
+from qcompiler.graph_match import iter_weight_uses
+from qcompiler.graph_norms import Norm, find_norms, norm_consumers
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
 from qcompiler.passes_base import Pass, PassContext, PassResult

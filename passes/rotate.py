@@ -32,14 +32,14 @@ import torch
 import torch.fx as fx
 
 from qcompiler.errors import PassError
-from qcompiler.graph_match import (Norm, ResidualStream, decoder_layers, find_norms,
-                                   find_residual_stream, iter_weight_uses, norm_consumers,
-                                   value_uses)
+from qcompiler.graph_match import iter_weight_uses, value_uses
+from qcompiler.graph_norms import Norm, find_norms, norm_consumers
 from qcompiler.hadamard import has_hadamard, hadamard, random_hadamard, random_orthogonal
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
+from qcompiler.residual_stream import ResidualStream, decoder_layers, find_residual_stream
 
 SUPPORTED = "rotate supports pre-norm RMSNorm decoders (Llama, Qwen2, Mistral)"
 

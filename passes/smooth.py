@@ -142,10 +142,12 @@ def find_groups(program: Program, skip: tuple[str, ...], pass_name: str,
                 ) -> tuple[list[ScaleGroup], list[str]]:
     """The scale groups of the program, and one line per linear input that was skipped (why).
 
-    Producers (norm, linear, gated MLP) and their consumers come from qcompiler.graph_match;
-    attention outputs (o_proj's input) from quantize-kv's attention matcher.
+    Producers (norm, linear, gated MLP) and their consumers come from qcompiler.graph_match and
+    qcompiler.graph_norms; attention outputs (o_proj's input) from quantize-kv's attention
+    matcher.
     """
-    from qcompiler.graph_match import consumer_linears, find_norms, linear_producer
+    from qcompiler.graph_match import consumer_linears, linear_producer
+    from qcompiler.graph_norms import find_norms
     from qcompiler.ops import is_quantized_linear
     from qcompiler.passes.quantize_kv import attention_sites
 
@@ -159,7 +161,7 @@ def find_groups(program: Program, skip: tuple[str, ...], pass_name: str,
     norms = find_norms(program)
     producers: dict[fx.Node, Any] = {}
     for node in program.linears():
-        producer = linear_producer(program, node, norms)
+        producer = linear_producer(node, norms)
         producers.setdefault(producer.node, producer)
     groups, skipped = [], []
     for value, producer in producers.items():

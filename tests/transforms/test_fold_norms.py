@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qcompiler import zoo
-from qcompiler.graph_match import find_norms, norm_consumers
+from qcompiler.graph_norms import find_norms, norm_consumers
 from qcompiler.pass_manager import run_pipeline
 from qcompiler.passes_base import PassContext
 from qcompiler.pipeline import parse_pipeline

@@ -12,12 +12,13 @@ import torch
 
 from qcompiler import zoo
 from qcompiler.errors import PassError
-from qcompiler.graph_match import find_norms, find_residual_stream, norm_consumers
+from qcompiler.graph_norms import find_norms, norm_consumers
 from qcompiler.hadamard import hadamard
 from qcompiler.hadamard_op import hadamard_transform
 from qcompiler.pass_manager import run_pipeline
 from qcompiler.passes_base import PassContext
 from qcompiler.pipeline import parse_pipeline
+from qcompiler.residual_stream import find_residual_stream
 
 IDS = torch.tensor([[1, 7, 42, 99, 3, 250, 17, 8, 64, 300, 11, 5]])
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
