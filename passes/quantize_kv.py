@@ -151,9 +151,14 @@ class QuantizeKV(Pass):
             group = self.group_size or site.head_dim
             if group not in fmt.group_sizes or site.head_dim % group:
                 fits = [g for g in fmt.group_sizes if site.head_dim % g == 0]
+                if not fits:
+                    hint = "" if fmt.name == "razer4-kv" else "; format=razer4 has groups of 8"
+                    raise PassError(self.name, f"head_dim={site.head_dim} is not a multiple of "
+                                    f"any group size {fmt.name} supports "
+                                    f"({', '.join(map(str, fmt.group_sizes))}){hint}")
                 raise PassError(self.name, f"group size {group} does not fit head_dim="
                                 f"{site.head_dim} for {fmt.name} (use one of "
-                                f"{', '.join(map(str, fits)) or 'none'})")
+                                f"{', '.join(map(str, fits))})")
             for cached, proj in ((site.key, site.k_proj), (site.value, site.v_proj)):
                 users = list(cached.users)
                 if len(users) == 1 and users[0].target == quantize_kv:

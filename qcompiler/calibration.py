@@ -158,7 +158,7 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
     config = program.meta.get("config") or {}
     vocab = int(config.get("vocab_size") or int(program.example_inputs[0].max()) + 1)
     if cfg.text is not None:
-        tokenizer = _tokenizer(program)
+        tokenizer = program_tokenizer(program)
         if tokenizer is None:
             raise QCompilerError("--calib needs the model's tokenizer and this model has none; "
                                  "leave out --calib to calibrate on sequences sampled from the "
@@ -168,7 +168,7 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
         bos = config.get("bos_token_id")
         return [evaluate.sample_sequence(program, vocab, length, cfg.seed + i, bos)
                 for i, length in enumerate(lengths)]
-    tokenizer = _tokenizer(program)
+    tokenizer = program_tokenizer(program)
     out = []
     for i, length in enumerate(lengths):
         out += evaluate.random_sequences(vocab, 1, length, cfg.seed + i, tokenizer)
@@ -215,7 +215,8 @@ def _module_batches(program: Any, cfg: CalibrationConfig, lengths: list[int]) ->
     return out
 
 
-def _tokenizer(program: Any) -> Any:
+def program_tokenizer(program: Any) -> Any:
+    """The tokenizer of the checkpoint the program was captured from; None when it has none."""
     directory = program.meta.get("model_dir")
     if not directory:
         return None

@@ -19,7 +19,8 @@ KV-cache variant (`razer4-kv`): the paper applies RaZeR to keys and values too. 
 of the paper we could reach show only its abstract ("can be seamlessly integrated with
 quantization algorithms for both weights and KV-cache"), not the KV special set or granularity;
 our choice, recorded here: the same special set (overridable with `specials=`), groups along the
-head dimension of each token (default 128, i.e. per token for head_dim 128), and no clip search
+head dimension of each token (quantize-kv's default is the whole head_dim: one scale per token
+and head; groups of 8 to 128, so tiny heads such as stories260k's 8 fit), and no clip search
 by default because KV quantization runs online at decode time (the special-value choice, 4
 candidates, is still made per group).
 """
@@ -252,7 +253,7 @@ RAZER4 = RazerFormat(
     options=(("scale", SCALE_MODES), ("specials", None)))
 
 RAZER4_KV = RazerFormat(
-    name="razer4-kv", bits=4, default_group_size=128, group_sizes=(32, 64, 128),
+    name="razer4-kv", bits=4, default_group_size=128, group_sizes=(8, 16, 32, 64, 128),
     scale_type="fp16", has_zero_point=False, role="activation", default_search="rtn",
     description="RaZeR for the KV cache: per-token groups along head_dim, online (no clip search)",
     options=(("specials", None),))

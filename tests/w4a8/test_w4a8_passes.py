@@ -119,6 +119,20 @@ def test_quantize_kv_group_size_must_fit_head_dim():
         apply(zoo.load("llama-tiny"), "quantize-kv{format=int4,group-size=64}")
 
 
+def test_quantize_kv_small_head_dim():
+    # stories260k: head_dim 8, below every fp4/int4 group; razer4-kv has groups of 8
+    program = zoo.load("stories260k")
+    ids = torch.randint(3, 512, (1, 16), generator=torch.Generator().manual_seed(0))
+    ref = program(ids)
+    with pytest.raises(PassError, match=r"head_dim=8 is not a multiple of any group size fp4 "
+                       r"supports \(16, 32, 64, 128, 256\); format=razer4 has groups of 8"):
+        apply(zoo.load("stories260k"), "quantize-kv{format=fp4}")
+    apply(program, "quantize-kv{format=razer4}")
+    sites = [n for n in program.graph.nodes if n.target == act_ops.quantize_kv]
+    assert sites and all(n.kwargs["group_size"] == 8 for n in sites)
+    assert 0 < rel(program(ids), ref) < 0.5
+
+
 def test_w4a8_kv4_program_saves_loads_and_runs_through_the_artifact(tmp_path):
     spec = ("canonicalize,lower-datatype{format=fp4,search=rtn},quantize-kv{format=razer4},"
             "quantize-act,dce")
