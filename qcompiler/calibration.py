@@ -14,8 +14,11 @@ Where the data comes from (`CalibrationConfig`, put in `ctx.calibration` by the 
   calibration works offline on any checkpoint; encoders: random ordinary tokens (seeded);
   other modules: seeded random inputs shaped like the example inputs (the dynamic dimension,
   if any, set to `seqlen`). `batches` given explicitly (Python API) wins over all of these.
-Sampling runs the model once per generated token (no KV cache): samples·seqlen forward passes,
-seconds for the zoo's tiny models but long for a 1B model on a CPU; give text there.
+Sampling (qcompiler/sampling.py) runs each token once through a KV cache when the program
+still computes what its Hugging Face config describes (the HF model, sharing the program's
+tensors, is checked against the program on a probe first): samples·seqlen token-forwards.
+Otherwise (a program whose graph a pass changed, a non-HF model) it runs the whole prefix per
+token, samples·seqlen²/2 token-forwards: long for a 1B model on a CPU; give text there.
 The batches are made once per config and kept in it, so a pipeline with several calibrated
 passes runs the sampler once. They are made from the program as the FIRST calibrated pass sees
 it: later passes calibrate on the same inputs.
@@ -150,7 +153,7 @@ def calibration_batches(program: Any, ctx: Any = None) -> list[Batch]:
 
 def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
     """Build the batches for `cfg` (no caching): text, sampled, random tokens or random inputs."""
-    from qcompiler import evaluate
+    from qcompiler import evaluate, sampling
 
     lengths = cfg.lengths()
     if program.kind not in ("causal-lm", "encoder"):
@@ -166,8 +169,10 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
         return _text_batches(cfg.text, tokenizer, lengths, program.kind)
     if program.kind == "causal-lm":
         bos = config.get("bos_token_id")
-        return [evaluate.sample_sequence(program, vocab, length, cfg.seed + i, bos)
-                for i, length in enumerate(lengths)]
+        out = [sampling.sample_sequence(program, vocab, length, cfg.seed + i, bos)
+               for i, length in enumerate(lengths)]
+        sampling.release(program)  # passes replace tensors next: do not keep the old ones
+        return out
     tokenizer = program_tokenizer(program)
     out = []
     for i, length in enumerate(lengths):

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from qcompiler.errors import QCompilerError
+from qcompiler.sampling import release, sample_sequence  # noqa: F401  (re-exported)
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 EVAL_SEED_OFFSET = 1 << 20  # evaluation seeds never meet calibration's (seed + sample index)
@@ -90,6 +91,7 @@ def evaluate(quantized: Model, reference: Model, *, kind: str, vocab_size: int,
         sequences = [sample_sequence(reference, vocab_size, seq_len,
                                      seed + EVAL_SEED_OFFSET + i, bos_token_id)
                      for i in range(samples)]
+        release(reference)
         data = "sampled"
     else:
         sequences = random_sequences(vocab_size, samples, seq_len, seed + EVAL_SEED_OFFSET,
@@ -113,22 +115,6 @@ def compare(quantized: Model, reference: Model, sequences: list[torch.Tensor], *
 
 
 # ---- data --------------------------------------------------------------------------------------
-def sample_sequence(model: Model, vocab_size: int, length: int, seed: int,
-                    bos_token_id: int | None = None) -> torch.Tensor:
-    """A sequence drawn from the model (temperature 1), starting at BOS or a seeded token."""
-    g = torch.Generator().manual_seed(seed)
-    first = bos_token_id if bos_token_id is not None else int(torch.randint(vocab_size, (1,),
-                                                                            generator=g))
-    ids = torch.tensor([[first]], dtype=torch.long)
-    with torch.no_grad():
-        while ids.shape[-1] < length:
-            logits = model(ids)[0, -1].float().cpu()
-            probs = torch.softmax(logits, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=g)
-            ids = torch.cat([ids, nxt[None]], dim=-1)
-    return ids
-
-
 def random_sequences(vocab_size: int, samples: int, length: int, seed: int,
                      tokenizer: Any = None) -> list[torch.Tensor]:
     """Random token ids (seeded). With a tokenizer: ordinary tokens only (no special or
