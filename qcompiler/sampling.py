@@ -164,13 +164,18 @@ def _hf_model(config: dict[str, Any]) -> torch.nn.Module | None:
     """The HF causal LM described by `config`, float32, eval mode, its tensors on meta."""
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
     model_type = config.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:
         return None
-    hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(config))
-    with torch.device("meta"):
-        hf = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    log = transformers.utils.logging
+    previous = log.get_verbosity()
+    log.set_verbosity_error()  # quiet while building, without changing the caller's setting
+    try:
+        hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(config))
+        with torch.device("meta"):
+            hf = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    finally:
+        log.set_verbosity(previous)
     return hf.requires_grad_(False).eval()
 
 
