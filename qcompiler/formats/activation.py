@@ -76,13 +76,13 @@ class ActivationFormat(Format):
     # ------------------------------------------------------------- Format hooks
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
         gran = opts.get("granularity", "token" if wg.shape[1] == 1 else "group")
 
         def stored(ratio: torch.Tensor) -> torch.Tensor:
             # 16 significant bits: code * scale is then exact in fp32, so the dequantized tensor's
             # absmax is exactly qmax * scale and re-quantizing finds the same scale (idempotence)
-            return round_significand(self._scale(wg, gran, ratio), SCALE_BITS)
+            return round_significand(self._scale(wg, gran, ratio, absmax), SCALE_BITS)
 
         def evaluate(ratio: torch.Tensor) -> torch.Tensor:
             s = stored(ratio)
@@ -97,10 +97,16 @@ class ActivationFormat(Format):
     def _decode(self, codes: torch.Tensor, q: QTensor) -> torch.Tensor:
         return self.decode_codes(codes) * q.scales.to(torch.float32).unsqueeze(-1)
 
-    def _scale(self, xg: torch.Tensor, granularity: str, ratio: float | torch.Tensor) -> torch.Tensor:
-        """fp32 scale [rows, groups, 1] (0 where everything is 0)."""
+    def needs_absmax(self, opts: dict[str, Any]) -> bool:
+        return opts.get("granularity") == "tensor"
+
+    def _scale(self, xg: torch.Tensor, granularity: str, ratio: float | torch.Tensor,
+               absmax: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 scale [rows, groups, 1] (0 where everything is 0); `absmax`: the whole tensor's
+        max |x| when xg is a block of its rows."""
         if granularity == "tensor":
-            amax = xg.abs().amax().reshape(1, 1, 1).expand(xg.shape[0], xg.shape[1], 1)
+            amax = xg.abs().amax() if absmax is None else absmax
+            amax = amax.reshape(1, 1, 1).expand(xg.shape[0], xg.shape[1], 1)
         else:
             amax = xg.abs().amax(-1, keepdim=True)
         return amax * (ratio / self.qmax)

@@ -6,8 +6,9 @@ Formats are frozen dataclasses: one immutable instance per registry name, option
 arguments and end up in `QTensor.opts`.
 
 The base class owns the checks every format needs (2-D finite input, group size allowed and
-dividing K, a known search), the group reshaping and the bit packing; a subclass implements
-`_encode` (float32 groups [N, K/G, G] -> codes and scales) and `_decode` (the inverse).
+dividing K, a known search), the group reshaping, running `_encode` on blocks of rows that fit
+the CPU cache (chunked.py), the canonical pass (canonical.py) and the bit packing; a subclass
+implements `_encode` (float32 groups [N, K/G, G] -> codes and scales) and `_decode` (the inverse).
 Layouts follow docs/CONTRACTS.md.
 """
 
@@ -20,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from qcompiler.errors import QCompilerError
-from qcompiler.formats import packing
+from qcompiler.formats import canonical, chunked, packing
 from qcompiler.formats.scale_search import ErrorMeasure, check_search
 
 ScaleType = Literal["fp16", "e4m3", "e8m0", "e3m3", "pow2", "fp32"]
@@ -138,7 +139,7 @@ class Format:
         search = self.default_search if search is None else search
         check_search(self.name, search)
         opts = self._check_options(opts)
-        w = self._check_input(w)
+        w, absmax = self._check_input(w)
         n, k = w.shape
         g = self.resolve_group_size(k, group_size)
         if x is not None and x.shape[-1] != k:
@@ -146,11 +147,9 @@ class Format:
                                  f"{x.shape[-1]} features, the weight has K={k}")
         measure = ErrorMeasure(x, g, self.name)
         wg = w.detach().to(torch.float32).reshape(n, k // g, g)
-        enc = self._encode(wg, search, measure, opts)
-        if self.needs_canonical_pass(opts):
-            enc = self._canonicalize(enc, search, opts)
-        codes = packing.pack(enc.codes.reshape(n, k), self.bits)
-        return QTensor(format=self.name, shape=(n, k), group_size=g, codes=codes,
+        enc = chunked.encode(self, wg, search, measure, opts,
+                             absmax if self.needs_absmax(opts) else None)
+        return QTensor(format=self.name, shape=(n, k), group_size=g, codes=enc.codes,
                        scales=enc.scales, zeros=enc.zeros, meta=enc.meta,
                        global_scale=enc.global_scale, opts=dict(enc.opts))
 
@@ -186,7 +185,17 @@ class Format:
         """Whether some groups have several exact encodings under these options."""
         return self.canonical_pass
 
-    def _canonicalize(self, enc: Encoded, search: str, opts: dict[str, Any]) -> Encoded:
+    def needs_absmax(self, opts: dict[str, Any]) -> bool:
+        """Whether `_encode` needs the whole tensor's max |w| (a per-tensor scale)."""
+        return False
+
+    def chunk_rows(self, n: int, k: int, measure: ErrorMeasure, search: str) -> int:
+        """Rows quantized together (chunked.py): about `chunked.CHUNK_ELEMENTS` weights, so a
+        search's intermediates stay in the CPU cache."""
+        return chunked.default_rows(n, k)
+
+    def _canonicalize(self, enc: Encoded, search: str, opts: dict[str, Any],
+                      absmax: torch.Tensor | None = None) -> Encoded:
         """The encoding that a re-quantization of `enc`'s own values would choose.
 
         Some groups have several exact encodings (a sparse NVFP4 block 4 * 2e is also 6 * 4e/3
@@ -196,34 +205,23 @@ class Format:
         could differ from q in codes and scales (never in values). Encoding the dequantized
         values once more (weight MSE objective) returns that first exact candidate, a fixed
         point: quantizing again gives the same codes, scales and metadata. A group whose values
-        this pass would change keeps its first encoding. Costs one more search.
+        this pass would change keeps its first encoding. Costs one more search, which stops
+        early: for exact values the first candidates already have zero error (RunningBest).
+        `absmax` is the whole dequantized tensor's max |value| (formats with a per-tensor scale).
         """
-        n, groups, gs = enc.codes.shape
-        first = QTensor(format=self.name, shape=(n, groups * gs), group_size=gs, codes=enc.codes,
-                        scales=enc.scales, zeros=enc.zeros, meta=enc.meta,
-                        global_scale=enc.global_scale, opts=dict(enc.opts))
-        values = self._decode(enc.codes, first)
-        again = self._encode(values, search, ErrorMeasure(None, gs, self.name), opts)
-        if again.global_scale is not None and not torch.equal(again.global_scale, enc.global_scale):
-            return enc
-        second = QTensor(format=self.name, shape=first.shape, group_size=gs, codes=again.codes,
-                         scales=again.scales, zeros=again.zeros, meta=again.meta,
-                         global_scale=again.global_scale, opts=dict(again.opts))
-        keep = (self._decode(again.codes, second) == values).all(-1)  # [N, G]
+        return canonical.canonicalize(self, enc, search, opts, absmax)
 
-        def pick(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-            if a is None or b is None:
-                return a
-            return torch.where(keep.reshape(keep.shape + (1,) * (a.dim() - 2)), b, a)
-
-        return Encoded(codes=pick(enc.codes, again.codes), scales=pick(enc.scales, again.scales),
-                       zeros=pick(enc.zeros, again.zeros), meta=pick(enc.meta, again.meta),
-                       global_scale=enc.global_scale, opts=enc.opts)
+    def _ambiguous_groups(self, enc: Encoded, opts: dict[str, Any]) -> torch.Tensor | None:
+        """[N, G] bool: groups whose values MAY have an exact encoding other than `enc`'s (the
+        canonical pass re-encodes only their rows), or None: any group may (canonical.py)."""
+        return None
 
     # ------------------------------------------------------------------ for subclasses
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
+        """Float32 groups [N, G, gs] -> unpacked codes and side tensors. `absmax` (0-d tensor)
+        is the max |w| of the WHOLE tensor when `needs_absmax`: wg may be a block of its rows."""
         raise NotImplementedError
 
     def _decode(self, codes: torch.Tensor, q: QTensor) -> torch.Tensor:
@@ -257,17 +255,22 @@ class Format:
             out[key] = value
         return out
 
-    def _check_input(self, w: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w, and its max |w| as a float32 0-d tensor (one min/max pass also finds NaN/Inf)."""
         if not isinstance(w, torch.Tensor) or w.dim() != 2:
             shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
             raise QCompilerError(f"format '{self.name}': expected a 2-D [N, K] tensor, got {shape}")
         if not w.is_floating_point():
             raise QCompilerError(f"format '{self.name}': expected a floating-point tensor, "
                                  f"got {w.dtype}")
-        bad = ~torch.isfinite(w)
-        if bad.any():
+        if w.numel() == 0:
+            return w, torch.zeros((), dtype=torch.float32, device=w.device)
+        lo, hi = torch.aminmax(w.detach())
+        absmax = torch.maximum(hi, -lo).to(torch.float32)
+        if not bool(torch.isfinite(absmax)):
+            bad = ~torch.isfinite(w)
             count = int(bad.sum())
             first = [int(i) for i in bad.nonzero()[0]]
             raise QCompilerError(f"format '{self.name}': the tensor has {count} NaN/Inf value(s) "
                                  f"(first at {first}); quantization needs finite values")
-        return w
+        return w, absmax

@@ -80,12 +80,23 @@ class MiniFloat:
         return code.to(torch.uint8)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Round values onto the format (float32 out), same rule as `encode`."""
-        q, e = self._round_parts(x)
-        val = torch.ldexp(q, (e - self.man_bits).to(torch.float32))
+        """Round values onto the format (float32 out), same rule as `encode`.
+
+        Computed as round(a / step) * step, step = 2^(e - man_bits) taken from a's exponent
+        bits (at least the subnormal step): exact, and a few times cheaper than frexp/ldexp.
+        """
+        val = self.quantize_magnitude(x)
         if self.signed:
             val = torch.where(x < 0, -val, val)
         return val
+
+    def quantize_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """|quantize(x)|: the rounding without putting the sign back (scales are >= 0)."""
+        a = x.to(torch.float32).abs().clamp(max=self.max_value)
+        low = (1 - self.bias - self.man_bits + 127) << 23  # the subnormal step's float32 bits
+        step = (a.view(torch.int32) & 0x7F800000).sub_(self.man_bits << 23).clamp_(min=low)
+        step = step.view(torch.float32)
+        return torch.div(a, step).round_().mul_(step)
 
     def table(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Every code's value, index = code (float32; NaN for reserved codes)."""

@@ -7,10 +7,12 @@ round-half-to-even, torch.round's rule). FORMATS.md lets us pick this or the RaZ
 (midpoint goes to the lower value); we pick ties-to-even because it is symmetric in sign, so
 quantizing -w gives exactly -quantize(w), and it is what hardware FP4 casts do.
 
-Implementation: instead of `torch.bucketize` (a binary search, ~3x slower on CPU here) we count
-the thresholds below the input: index = sum_i [y > m_i] (tie goes down) or [y >= m_i] (tie goes
-up). Sign-magnitude grids (FP4, dINT4, PoT) round |y| on the positive half only, halving the
-comparisons, then put the sign back.
+Implementation: sign-magnitude grids (FP4, dINT4, PoT) round |y| on the positive half only and
+put the sign back; their magnitudes are rounded by the exact arithmetic kernels of fastround.py
+(exponent bits, power-of-two steps), no table lookup. Other grids (NF4) count the thresholds
+below the input, index = sum_i [y > m_i] (tie goes down) or [y >= m_i] (tie goes up), and look
+the value up (`torch.bucketize`, a binary search, was ~3x slower on CPU here); this counting rule
+is also the reference the fast kernels are tested against (`round_reference`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+
+from qcompiler.formats import fastround
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,28 @@ class Grid:
         Its square equals the signed value's squared error (the grid is symmetric), without the
         sign handling: the scale search's hot loop under a weight-MSE objective.
         """
-        return self._round_magnitudes(a) - a
+        return self._round_magnitudes(a).sub_(a)
 
     def round(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(nearest values float32, their codes uint8)."""
         v, c = self._round(y, want_codes=True)
+        assert c is not None
+        return v, c
+
+    def codes(self, y: torch.Tensor) -> torch.Tensor:
+        """The codes of `round(y)` (uint8), without building the signed values."""
+        if self._kernel is None or self.sign_bit is None:
+            return self.round(y)[1]
+        assert self.sign_bit is not None
+        mag, c = self._kernel(y.abs(), True)
+        assert c is not None
+        c |= ((y < 0) & (mag != 0)).to(torch.int32) << self.sign_bit
+        return c.to(torch.uint8)
+
+    def round_reference(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`round` by threshold counting and table lookup only (no arithmetic kernel): the
+        definition the fast kernels must reproduce bit for bit."""
+        v, c = self._round_counting(y, want_codes=True)
         assert c is not None
         return v, c
 
@@ -95,7 +116,22 @@ class Grid:
             thresholds.append((mid, up))
         return vals, codes, thresholds
 
+    @cached_property
+    def _kernel(self) -> fastround.Kernel | None:
+        """Sign-magnitude grids: a kernel on magnitudes (structured, else binned); other
+        grids: a binned kernel on the signed input; integer grids: None (torch.round)."""
+        if self.integer:
+            return None
+        if self.sign_bit is not None:
+            kernel = fastround.kernel_for(self.values[:1 << self.sign_bit])
+            if kernel is not None:
+                return kernel
+        vals, codes, thresholds = self._sorted
+        return fastround.binned(vals, codes, thresholds) if thresholds else None
+
     def _round_magnitudes(self, a: torch.Tensor) -> torch.Tensor:
+        if self._kernel is not None:
+            return self._kernel(a, False)[0]
         vals, _, thresholds = self._sorted
         idx = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
         for mid, up in thresholds:
@@ -103,6 +139,22 @@ class Grid:
         return torch.tensor(vals, dtype=torch.float32, device=a.device)[idx.long()]
 
     def _round(self, y: torch.Tensor, want_codes: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.integer:
+            return self._round_integer(y, want_codes)
+        if self._kernel is None:
+            return self._round_counting(y, want_codes)
+        if self.sign_bit is None:
+            v, c = self._kernel(y, want_codes)
+            return v, None if c is None else c.to(torch.uint8)
+        v, c = self._kernel(y.abs(), want_codes)
+        neg = y < 0
+        v = torch.where(neg, -v, v)
+        if c is not None:
+            c = (c | ((neg & (v != 0)).to(torch.int32) << self.sign_bit)).to(torch.uint8)
+        return v, c
+
+    def _round_counting(self, y: torch.Tensor, want_codes: bool,
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.integer:
             return self._round_integer(y, want_codes)
         vals, codes, thresholds = self._sorted

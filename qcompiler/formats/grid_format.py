@@ -45,11 +45,16 @@ class GridFormat(Format):
         grid when doubled is also exact at half the scale): base.py's canonical pass fixes one."""
         return opts.get("scale", "fp16") != "fp16"
 
+    def _ambiguous_groups(self, enc: Encoded, opts: dict[str, Any]) -> torch.Tensor | None:
+        from qcompiler.formats.fp4 import FP4_VALUES, ambiguous_groups
+
+        return ambiguous_groups(enc.codes) if self.grid_def.values == FP4_VALUES else None
+
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
         snap = scale_snapper(opts.get("scale", "fp16"), self.rtn_scale(wg))
         s = self.search_scale(wg, search, measure, snap)
-        _, codes = self.grid_def.round(wg / safe(s))
+        codes = self.grid_def.codes(wg / safe(s))
         out_opts = {"scale": opts["scale"]} if opts.get("scale", "fp16") != "fp16" else {}
         return Encoded(codes=codes, scales=s[..., 0].to(torch.float16), opts=out_opts)
 
@@ -92,11 +97,17 @@ def scale_error(grid: Grid, wg: torch.Tensor,
     return error
 
 
-def fit_scale(wg: torch.Tensor, grid_max: float, grid_min: float) -> torch.Tensor:
-    """Smallest scale putting every element of each group inside [grid_min, grid_max] * scale."""
-    s_pos = wg.amax(-1, keepdim=True).clamp(min=0) / grid_max
-    s_neg = wg.amin(-1, keepdim=True).clamp(max=0) / grid_min
-    return torch.maximum(s_pos, s_neg)
+def fit_scale(wg: torch.Tensor, grid_max: float, grid_min: float,
+              extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Smallest scale putting every element of each group inside [grid_min, grid_max] * scale.
+    `extremes`: the groups' (max, min) [N, G, 1] from `group_extremes`, when already known."""
+    hi, lo = group_extremes(wg) if extremes is None else extremes
+    return torch.maximum(hi.clamp(min=0) / grid_max, lo.clamp(max=0) / grid_min)
+
+
+def group_extremes(wg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, min) of each group, [N, G, 1] each: one pass, shared by several `fit_scale`s."""
+    return wg.amax(-1, keepdim=True), wg.amin(-1, keepdim=True)
 
 
 def scale_snapper(mode: str, rtn: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

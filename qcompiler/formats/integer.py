@@ -43,7 +43,7 @@ class IntAsymFormat(Format):
         return 16 + 8  # fp16 scale + uint8 zero point
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
         qmax = float((1 << self.bits) - 1)
         lo = wg.amin(-1, keepdim=True).clamp(max=0)
         hi = wg.amax(-1, keepdim=True).clamp(min=0)

@@ -32,7 +32,7 @@ class MXFP4Format(Format):
         return torch.tensor(FP4_VALUES, dtype=torch.float32)
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
         amax = wg.abs().amax(-1, keepdim=True)
         e0 = (floor_log2(amax) - E2M1_EMAX).clamp(-E8M0_BIAS, E8M0_BIAS)
         shifts = (0,) if search == "rtn" else (0, 1, -1)
@@ -43,7 +43,7 @@ class MXFP4Format(Format):
             best.offer(error(torch.ldexp(torch.ones_like(amax), e.to(torch.float32))), exp=e)
         e = best["exp"]
         s = torch.ldexp(torch.ones_like(amax), e.to(torch.float32))
-        _, codes = FP4_GRID.round(wg / s)
+        codes = FP4_GRID.codes(wg / s)
         return Encoded(codes=codes, scales=(e[..., 0] + E8M0_BIAS).to(torch.uint8))
 
     def _decode(self, codes: torch.Tensor, q: QTensor) -> torch.Tensor:

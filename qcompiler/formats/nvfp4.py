@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from qcompiler.formats.base import Encoded, Format, QTensor
-from qcompiler.formats.fp4 import FP4_GRID, FP4_VALUES
+from qcompiler.formats.fp4 import FP4_GRID, FP4_VALUES, ambiguous_groups
 from qcompiler.formats.fp8 import E4M3, MiniFloat
 from qcompiler.formats.grid_format import fit_scale, scale_error
 from qcompiler.formats.scale_search import ErrorMeasure, round_significand, safe, search_ratio
@@ -39,17 +39,22 @@ RECOVER_RATIOS = (FP4_MAX / 5.0, FP4_MAX / 4.0)
 GLOBAL_SCALE_BITS = 16
 
 
-def global_scale(wg: torch.Tensor, block_max: float) -> torch.Tensor:
+def tensor_absmax(wg: torch.Tensor, absmax: torch.Tensor | None) -> torch.Tensor:
+    """The whole tensor's max |w|: given by the caller when wg is a block of rows (chunked.py)."""
+    return wg.abs().amax() if absmax is None else absmax
+
+
+def global_scale(absmax: torch.Tensor, block_max: float) -> torch.Tensor:
     """Per-tensor fp32 scale absmax / (6 * block_max) to 16 significant bits; 1 for an all-zero
     tensor."""
-    g = round_significand(wg.abs().amax() / (FP4_MAX * block_max), GLOBAL_SCALE_BITS)
+    g = round_significand(absmax / (FP4_MAX * block_max), GLOBAL_SCALE_BITS)
     return torch.where(g > 0, g, torch.ones_like(g)).reshape(1).to(torch.float32)
 
 
-def top_blocks(wg: torch.Tensor) -> torch.Tensor:
+def top_blocks(wg: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     """[N, G] bool: the blocks holding the tensor's absmax (they set the global scale)."""
     amax = wg.abs().amax(-1)
-    return (amax == amax.max()) & (amax > 0)
+    return (amax == absmax) & (amax > 0)
 
 
 def two_level_snap(codec: MiniFloat, g: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -59,8 +64,8 @@ def two_level_snap(codec: MiniFloat, g: torch.Tensor) -> Callable[[torch.Tensor]
 
     def snap(s: torch.Tensor) -> torch.Tensor:
         sb = s / g
-        sb = torch.where(sb > 0, sb.clamp(min=lo), sb)
-        return codec.quantize(sb) * g
+        sb = sb.clamp(min=lo).mul_(sb > 0)  # = where(sb > 0, max(sb, lo), 0): s >= 0
+        return codec.quantize_magnitude(sb) * g
 
     return snap
 
@@ -69,23 +74,29 @@ def two_level_snap(codec: MiniFloat, g: torch.Tensor) -> Callable[[torch.Tensor]
 class NVFP4Format(Format):
     canonical_pass: ClassVar[bool] = True  # several exact encodings per group: base.py
 
+    def needs_absmax(self, opts: dict[str, Any]) -> bool:
+        return True  # the global scale
+
+    def _ambiguous_groups(self, enc: Encoded, opts: dict[str, Any]) -> torch.Tensor | None:
+        return ambiguous_groups(enc.codes)
+
     def codebook(self, **opts: Any) -> torch.Tensor:
         return torch.tensor(FP4_VALUES, dtype=torch.float32)
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
-        g = global_scale(wg, E4M3.max_value)
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
+        absmax = tensor_absmax(wg, absmax)
+        g = global_scale(absmax, E4M3.max_value)
         snap = two_level_snap(E4M3, g)
         base = fit_scale(wg, FP4_MAX, -FP4_MAX)
         error = scale_error(FP4_GRID, wg, measure)
-        top = top_blocks(wg)
+        top = top_blocks(wg, absmax)
 
         def evaluate(r: torch.Tensor) -> torch.Tensor:
-            err = error(snap(base * r))
-            return torch.where(top & (r[..., 0] < 1), torch.full_like(err, float("inf")), err)
+            return error(snap(base * r)).masked_fill_(top & (r[..., 0] < 1), float("inf"))
 
         s = snap(base * search_ratio(evaluate, wg, self.bits, search, RECOVER_RATIOS))
-        _, codes = FP4_GRID.round(wg / safe(s))
+        codes = FP4_GRID.codes(wg / safe(s))
         return Encoded(codes=codes, scales=E4M3.encode(s[..., 0] / g), global_scale=g)
 
     def _decode(self, codes: torch.Tensor, q: QTensor) -> torch.Tensor:

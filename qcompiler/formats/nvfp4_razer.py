@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 import torch
 
 from qcompiler.formats.base import Encoded, Format, QTensor
-from qcompiler.formats.fp4 import FP4_VALUES, NEG_ZERO_CODE
+from qcompiler.formats.fp4 import FP4_VALUES, NEG_ZERO_CODE, ambiguous_groups
 from qcompiler.formats.fp8 import E3M3
-from qcompiler.formats.nvfp4 import RECOVER_RATIOS, global_scale, top_blocks, two_level_snap
-from qcompiler.formats.razer import (RAZER_SPECIALS, canonical_meta, razer_round,
+from qcompiler.formats.nvfp4 import (RECOVER_RATIOS, global_scale, tensor_absmax, top_blocks,
+                                    two_level_snap)
+from qcompiler.formats.razer import (RAZER_SPECIALS, canonical_meta, razer_codes,
                                      search_special)
 from qcompiler.formats.scale_search import ErrorMeasure, safe
 
@@ -34,6 +35,12 @@ class NVFP4RazerFormat(Format):
     canonical_pass: ClassVar[bool] = True  # several exact encodings per group: base.py
 
     specials: tuple[float, ...] = RAZER_SPECIALS
+
+    def needs_absmax(self, opts: dict[str, Any]) -> bool:
+        return True  # the global scale
+
+    def _ambiguous_groups(self, enc: Encoded, opts: dict[str, Any]) -> torch.Tensor | None:
+        return ambiguous_groups(enc.codes, enc.meta, self.specials)
 
     def group_overhead_bits(self) -> int:
         return 8  # 6-bit E3M3 scale + 2-bit special index
@@ -45,13 +52,14 @@ class NVFP4RazerFormat(Format):
         return rows if meta is None else rows[meta]
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
-        g = global_scale(wg, E3M3.max_value)
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
+        absmax = tensor_absmax(wg, absmax)
+        g = global_scale(absmax, E3M3.max_value)
         snap = two_level_snap(E3M3, g)
         s, meta = search_special(wg, self.specials, self.bits, search, measure, snap,
-                                 extra=RECOVER_RATIOS, unclipped=top_blocks(wg))
+                                 extra=RECOVER_RATIOS, unclipped=top_blocks(wg, absmax))
         special = torch.tensor(self.specials, dtype=torch.float32, device=wg.device)[meta]
-        _, codes = razer_round(wg / safe(s), special.unsqueeze(-1))
+        codes = razer_codes(wg / safe(s), special.unsqueeze(-1))
         meta = canonical_meta(codes, meta)
         return Encoded(codes=codes, scales=E3M3.encode(s[..., 0] / g), meta=meta.to(torch.uint8),
                        global_scale=g)

@@ -44,6 +44,12 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     _check_k(k, bits)
     if bits == 8:
         return codes.to(torch.uint8).contiguous()
+    if bits in (2, 4):  # whole bytes: OR the shifted uint8 lanes (a broadcast int32 shift and
+        c = codes.to(torch.uint8).reshape(*codes.shape[:-1], k // per, per)  # sum is ~10x slower)
+        out = c[..., 0].clone()
+        for i in range(1, per):
+            out |= c[..., i] << (i * bits)
+        return out
     lead = codes.shape[:-1]
     c = codes.to(torch.int32).reshape(*lead, k // per, per)
     shifts = torch.arange(per, device=codes.device, dtype=torch.int32) * bits

@@ -49,13 +49,20 @@ def pot_values(bits: int) -> tuple[float, ...]:
 class PoTFormat(GridFormat):
     """Power-of-two grid with an fp16 scale per group and calibration-based scale refinement."""
 
+    def chunk_rows(self, n: int, k: int, measure: ErrorMeasure, search: str) -> int:
+        """The refinement solves over all rows at once (its K x K Hessian is built once per call,
+        and its row blocks are ROW_CHUNK): no row blocks around it."""
+        if measure.activations is not None and search != "rtn":
+            return max(n, 1)
+        return super().chunk_rows(n, k, measure, search)
+
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
         enc = super()._encode(wg, search, measure, opts)
         if measure.activations is None or search == "rtn":
             return enc
         s = refine_scales(self.grid_def, wg, enc.scales.to(torch.float32), measure.activations)
-        _, codes = self.grid_def.round(wg / safe(s.unsqueeze(-1)))
+        codes = self.grid_def.codes(wg / safe(s.unsqueeze(-1)))
         return Encoded(codes=codes, scales=s.to(torch.float16), opts=enc.opts)
 
 

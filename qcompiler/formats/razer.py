@@ -34,9 +34,11 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from qcompiler.errors import QCompilerError
+from qcompiler.formats import fastround
 from qcompiler.formats.base import Encoded, Format, QTensor
-from qcompiler.formats.fp4 import FP4_GRID, FP4_VALUES, NEG_ZERO_CODE
-from qcompiler.formats.grid_format import SCALE_MODES, fit_scale, scale_snapper
+from qcompiler.formats.fp4 import (FP4_GRID, FP4_VALUES, NEG_ZERO_CODE, ambiguous_groups,
+                                   codes_used)
+from qcompiler.formats.grid_format import SCALE_MODES, fit_scale, group_extremes, scale_snapper
 from qcompiler.formats.scale_search import (ErrorMeasure, RunningBest, clip_ratios, refine_steps,
                                             safe, with_extra)
 
@@ -52,13 +54,17 @@ def special_ranges(specials: tuple[float, ...]) -> dict[tuple[float, float], lis
     return out
 
 
-def razer_round(y: torch.Tensor, special: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest value/code on {FP4} U {special} (special broadcast per group): ties keep FP4."""
-    v, c = FP4_GRID.round(y)
-    use = (special - y).abs() < (v - y).abs()
-    v = torch.where(use, special.expand_as(v), v)
-    c = torch.where(use, torch.full_like(c, NEG_ZERO_CODE), c)
-    return v, c
+def razer_codes(y: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """Nearest code on {FP4} U {special} (special broadcast per group): ties keep FP4, FP4 ties
+    go to the even code. Distances are taken on magnitudes: |(+-m) - y| = |m - |y|| exactly when
+    m carries y's sign, so the sign is only put into the code (no torch.where: ~10x cheaper)."""
+    ay = y.abs()
+    mag, codes = fastround.e2m1(ay, True)
+    assert codes is not None
+    use = (special - y).abs_() < (mag - ay).abs_()
+    codes |= ((y < 0) & (mag != 0)).to(torch.int32) << 3
+    codes += use * (NEG_ZERO_CODE - codes)
+    return codes.to(torch.uint8)
 
 
 def search_special(wg: torch.Tensor, specials: tuple[float, ...], bits: int, search: str,
@@ -76,8 +82,9 @@ def search_special(wg: torch.Tensor, specials: tuple[float, ...], bits: int, sea
     """
     n, g, _ = wg.shape
     ranges = special_ranges(specials)
-    bases = {rng: fit_scale(wg, rng[0], rng[1]) for rng in ranges}
-    plain = fit_scale(wg, FP4_MAX, -FP4_MAX)
+    ext = group_extremes(wg)
+    bases = {rng: fit_scale(wg, rng[0], rng[1], ext) for rng in ranges}
+    plain = fit_scale(wg, FP4_MAX, -FP4_MAX, ext)
     error = _SpecialError(wg, measure)
     best = RunningBest()
     inf = torch.tensor(float("inf"), device=wg.device)
@@ -118,8 +125,8 @@ def canonical_meta(codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """meta [N, G] with 0 for groups that never use the special code: such a group decodes the
     same under any special value, and index 0 is the one a re-quantization picks first, so this
     keeps quantization idempotent in the metadata too."""
-    used = (codes == NEG_ZERO_CODE).any(-1)
-    return torch.where(used, meta, torch.zeros_like(meta))
+    used = (codes_used(codes) >> NEG_ZERO_CODE) & 1
+    return meta * used.to(meta.dtype)
 
 
 class _SpecialError:
@@ -210,14 +217,17 @@ class RazerFormat(Format):
         rows[:, NEG_ZERO_CODE] = torch.tensor(sv, dtype=torch.float32)
         return rows if meta is None else rows[meta]
 
+    def _ambiguous_groups(self, enc: Encoded, opts: dict[str, Any]) -> torch.Tensor | None:
+        return ambiguous_groups(enc.codes, enc.meta, self._specials(opts))
+
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
-                opts: dict[str, Any]) -> Encoded:
+                opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:
         specials = self._specials(opts)
         mode = opts.get("scale", "fp16")
         snap = scale_snapper(mode, fit_scale(wg, FP4_MAX, -FP4_MAX))
         s, meta = search_special(wg, specials, self.bits, search, measure, snap)
         special = torch.tensor(specials, dtype=torch.float32, device=wg.device)[meta].unsqueeze(-1)
-        _, codes = razer_round(wg / safe(s), special)
+        codes = razer_codes(wg / safe(s), special)
         meta = canonical_meta(codes, meta)
         out_opts: dict[str, Any] = {}
         if mode != "fp16":

@@ -165,7 +165,7 @@ class RunningBest:
             self.state = dict(state)
             return
         better = err < self.err
-        self.err = torch.where(better, err, self.err)
+        self.err = torch.minimum(self.err, err)  # = where(better, err, self.err), cheaper
         for name, value in state.items():
             cond = better if value.dim() == better.dim() else better.unsqueeze(-1)
             self.state[name] = torch.where(cond, value, self.state[name])
