@@ -39,6 +39,7 @@ class Compiled:
     shared_bytes: int
     loop_instructions: int | None = None
     codes_per_thread: float | None = None
+    loop_sass: tuple[str, ...] = ()  # the hot loop's SASS instructions (with --sass)
 
 
 def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target: str = "cuda:90",
@@ -47,7 +48,13 @@ def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target
     import triton
     from triton.backends.compiler import GPUTarget
 
-    kernel = module.GEMV_KERNEL if kind == "gemv" else module.GEMM_KERNEL
+    kernels = {"gemv": module.GEMV_KERNEL, "gemm": module.GEMM_KERNEL,
+               # the fp32-FMA GEMV the fp16x2 one replaced (QC_GEMV=fp32), for comparisons
+               "gemv-fp32": getattr(module, "GEMV_FP32_KERNEL", module.GEMV_KERNEL)}
+    if kind == "gemv" and (config["BLOCK_K"] % 32 or module.K % 32
+                           or (module.GROUP_SIZE % 32 and module.GROUP_SIZE != 16)):
+        kind = "gemv-fp32"  # what the launcher runs then (gemv16 needs whole 32-code chunks)
+    kernel = kernels[kind]
     if not hasattr(kernel, "arg_names"):
         raise RuntimeError("TRITON_INTERPRET is set: unset it to compile for a GPU target")
     parts = {k: str(dt).removeprefix("torch.") for k, (_, dt) in module.PARTS.items()}
@@ -63,7 +70,7 @@ def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target
                      HAS_GLOBAL_SCALE=module.HAS_GLOBAL_SCALE, HAS_BIAS=False,
                      BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
                      BLOCK_K=config["BLOCK_K"], SPLIT_K=config["SPLIT_K"],
-                     GROUP_M=config["GROUP_M"])
+                     GROUP_M=config["GROUP_M"], USE_ASM=True)
     signature, consts, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in pointers or name in ints:
@@ -81,19 +88,26 @@ def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target
                                        "num_stages": config["num_stages"]})
     seconds = time.perf_counter() - start
     loop = per_thread = None
+    body: tuple[str, ...] = ()
     if sass:
-        loop = _loop_instructions(compiled.asm["cubin"])
+        body = tuple(loop_sass(compiled.asm["cubin"]))
+        loop = len(body) or None
         # codes one thread decodes per loop iteration (the whole tile, spread over the warps)
         per_thread = config["BLOCK_N"] * config["BLOCK_K"] / (32 * config["num_warps"])
     return Compiled(kernel.__name__ if hasattr(kernel, "__name__") else kind, config, seconds,
-                    int(compiled.metadata.shared), loop, per_thread)
+                    int(compiled.metadata.shared), loop, per_thread, body)
 
 
 def _loop_instructions(cubin: bytes) -> int | None:
     """Instructions of the largest backward-branch loop in the cubin's SASS (nvdisasm)."""
+    return len(loop_sass(cubin)) or None
+
+
+def loop_sass(cubin: bytes) -> list[str]:
+    """The SASS instructions of the cubin's largest backward-branch loop ([] without nvdisasm)."""
     nvdisasm = _tool("nvdisasm")
     if nvdisasm is None:
-        return None
+        return []
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -109,12 +123,14 @@ def _loop_instructions(cubin: bytes) -> int | None:
         ins = re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?);", line)
         if ins:
             seq.append(ins.group(1))
-    best = 0
+    best = (0, 0)
     for i, ins in enumerate(seq):
         jump = re.search(r"BRA\s+`\((\.L_x_\d+)\)", ins)
         if jump and labels.get(jump.group(1), i + 1) <= i:
-            best = max(best, i + 1 - labels[jump.group(1)])
-    return best or None
+            start = labels[jump.group(1)]
+            if i + 1 - start > best[1] - best[0]:
+                best = (start, i + 1)
+    return seq[best[0]:best[1]]
 
 
 def _tool(name: str) -> str | None:
@@ -168,8 +184,10 @@ def _compile_spec(spec: Any, module: ModuleType, args: argparse.Namespace, limit
                    else [default_config(spec, kind, m, limits)])
         for cfg in configs:
             launch = cfg.as_launch_dict()
+            # M = 1 runs the fp16x2 GEMV (when the format has one); M = 2..4 the fp32 GEMV
+            name = "gemv-fp32" if kind.value == "gemv" and m > 1 else kind.value
             try:
-                c = compile_kernel(module, kind.value, launch, args.target, sass=args.sass)
+                c = compile_kernel(module, name, launch, args.target, sass=args.sass)
             except Exception as e:  # noqa: BLE001  report and go on: show every failure
                 failed += 1
                 print(f"FAIL {spec.kernel_name(kind)} m{m} {_short(launch)}: "
@@ -179,7 +197,7 @@ def _compile_spec(spec: Any, module: ModuleType, args: argparse.Namespace, limit
             if c.loop_instructions and c.codes_per_thread:
                 extra = (f" loop={c.loop_instructions} instr, "
                          f"{c.loop_instructions / c.codes_per_thread:.2f}/code/thread")
-            print(f"ok   {spec.kernel_name(kind)} m{m} {_short(launch)} {c.seconds:.1f}s "
+            print(f"ok   {c.kernel} m{m} {_short(launch)} {c.seconds:.1f}s "
                   f"smem={c.shared_bytes}{extra}")
     return failed
 

@@ -264,6 +264,11 @@ def binding_source(plan: DecodePlan) -> str:
     return "\n".join(lines)
 
 
+def scale_source(plan: DecodePlan) -> str:
+    """Expression of the decoded fp32 group scale (times the global scale) on `scale_raw`."""
+    return _scale_expr(plan)
+
+
 def _scale_expr(plan: DecodePlan) -> str:
     if plan.scale is ScaleKind.FLOAT:
         expr = "scale_raw.to(tl.float32)"

@@ -9,7 +9,7 @@
 A file holds, in order: a header comment (format, N, K, group size, source layers), the
 specialization constants, the format family's dequant helpers copied from dequant.py, the two
 small functions binding them to this format's constants, the GEMV and GEMM kernels (gemv.py,
-gemm.py) and the launcher (launch.py). It imports only torch and triton. Output is a pure
+gemm.py) and the launcher (launch.py). It imports only os, torch and triton. Output is a pure
 function of the inputs (no dates, no paths, no dict-order accidents), so re-emitting gives
 byte-identical files and artifacts diff cleanly.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcompiler.codegen import dequant, gemm, gemv
+from qcompiler.codegen import decode16, decode16_sim, dequant, gemm, gemv, gemv16
 from qcompiler.codegen.launch import LAUNCHER
 from qcompiler.codegen.specialize import (GEMV_MAX_M, M_BUCKETS, DeviceLimits, KernelKind,
                                           KernelSpec, default_config, kind_for, make_spec)
@@ -64,13 +64,26 @@ def emit_spec(spec: KernelSpec, layers: Sequence[str] = ()) -> KernelSource:
          dequant.helper_source(plan)),
         (f"{plan.format} binding: decode operands once per group, then codes -> weights",
          dequant.binding_source(plan)),
-        (f"GEMV: decode, M <= {GEMV_MAX_M}", gemv.render(gemv_name, plan)),
+        (f"GEMV: decode, M <= {GEMV_MAX_M}, fp32 FMA", gemv.render(gemv_name, plan)),
+    ]
+    gemv16_name = "None"
+    if decode16.supported(plan):
+        gemv16_name = gemv_name.replace("_gemv_", "_gemv16_", 1)
+        sections.append(("fp16x2 GEMV (M = 1): inline-PTX decode and its Triton twin, from "
+                         "qcompiler.codegen.decode16",
+                         decode16_sim.triton_source(plan) + "\n\n"
+                         + gemv16.render_dot(plan, spec.group_size) + "\n\n\n"
+                         + gemv16.render(gemv16_name, plan, dequant.scale_source(plan),
+                                         spec.group_size)))
+    sections += [
         (f"GEMM: M > {GEMV_MAX_M}, tl.dot", gemm.render(gemm_name, plan)
-         + f"\n\nGEMV_KERNEL = {gemv_name}\nGEMM_KERNEL = {gemm_name}"),
+         + f"\n\nGEMV16_KERNEL = {gemv16_name}\nGEMV_FP32_KERNEL = {gemv_name}"
+         + f"\nGEMV_KERNEL = {gemv16_name if gemv16_name != 'None' else gemv_name}"
+         + f"\nGEMM_KERNEL = {gemm_name}"),
         ("launch", LAUNCHER),
     ]
     head = [_header(spec, gemv_name, gemm_name, layers), _docstring(spec),
-            "import torch\nimport triton\nimport triton.language as tl"]
+            "import os\n\nimport torch\nimport triton\nimport triton.language as tl"]
     body = [f"{_section(title)}\n\n{text.strip(chr(10))}" for title, text in sections]
     source = "\n\n".join(p.strip("\n") for p in head) + "\n\n\n" + "\n\n\n".join(body) + "\n"
     return KernelSource(name=gemv_name, gemm_name=gemm_name, source=source,

@@ -1,5 +1,8 @@
 """GEMV template: decode-time kernels (M = 1..4) with the dequantization fused in.
 
+(For M = 1 with fp16 activations, 4-bit formats run the fp16x2 kernel of gemv16.py; this fp32
+kernel serves the rest and stays selectable with QC_GEMV=fp32 for comparisons.)
+
 Decode is memory-bound: the kernel must stream the packed weights once at full bandwidth and
 do as little per code as possible. So:
 - each program owns BLOCK_N output rows and every SPLIT_K-th K tile (split-K fills the GPU

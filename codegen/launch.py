@@ -73,7 +73,19 @@ def gemv(x, tensors, bias=None, config=None):
         raise ValueError(f"{GEMV_NAME}: the GEMV takes 1..{GEMV_MAX_M} rows, got {m}")
     bucket = _bucket(m)
     cfg = config or DEFAULT_CONFIGS["gemv"][bucket]
-    return _launch(GEMV_KERNEL, x, tensors, bias, cfg, bucket, 1, {})
+    if _use_gemv16(x, tensors, cfg):
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        return _launch(GEMV16_KERNEL, x, tensors, bias, cfg, 1, 1, {"USE_ASM": not interpret})
+    return _launch(GEMV_FP32_KERNEL, x, tensors, bias, cfg, bucket, 1, {})
+
+
+def _use_gemv16(x, tensors, cfg):
+    """The fp16x2 GEMV serves M = 1 with fp16 activations (QC_GEMV=fp32 forces the fp32 one)."""
+    return (GEMV16_KERNEL is not None and x.shape[0] == 1 and x.dtype == torch.float16
+            and K % 32 == 0 and cfg["BLOCK_K"] % 32 == 0
+            and (GROUP_SIZE % 32 == 0 or GROUP_SIZE == 16)  # a chunk never straddles groups
+            and os.environ.get("QC_GEMV", "") != "fp32"
+            and x.data_ptr() % 16 == 0 and tensors["codes"].data_ptr() % 16 == 0)
 
 
 def gemm(x, tensors, bias=None, config=None):

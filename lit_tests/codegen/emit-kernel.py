@@ -42,7 +42,9 @@ def run(fn):
 # CHECK: units = tl.load(w_cols + u[:, None], mask=w_mask, other=0).to(tl.int32)
 # CHECK: w = dequant_razer4(codes, s, aux).to(x_ptr.dtype.element_ty)
 # CHECK: acc = tl.dot(xk, w, acc)
-# CHECK: GEMV_KERNEL = qc_razer4_gemv_n4096_k4096_g128
+# CHECK: GEMV16_KERNEL = qc_razer4_gemv16_n4096_k4096_g128
+# CHECK-NEXT: GEMV_FP32_KERNEL = qc_razer4_gemv_n4096_k4096_g128
+# CHECK-NEXT: GEMV_KERNEL = qc_razer4_gemv16_n4096_k4096_g128
 # CHECK-NEXT: GEMM_KERNEL = qc_razer4_gemm_n4096_k4096_g128
 # CHECK: def linear(x, tensors, bias=None, config=None):
 @run

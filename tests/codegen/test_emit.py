@@ -33,7 +33,8 @@ def test_header_names_format_shape_group_and_layers() -> None:
 
 @pytest.mark.parametrize("fmt", ["razer4", "int4", "nf4", "nvfp4", "int3", "pot2"])
 def test_self_contained_python(fmt: str) -> None:
-    """Parses, imports only torch/triton, and inlines its helpers (no qcompiler import)."""
+    """Parses, imports only torch/triton (and os, for QC_GEMV / TRITON_INTERPRET), and inlines
+    its helpers (no qcompiler import)."""
     g = {"nvfp4": 16}.get(fmt, 32)
     src = emit_kernel(fmt, 48, 128, g, "l").source
     tree = ast.parse(src)
@@ -43,7 +44,7 @@ def test_self_contained_python(fmt: str) -> None:
             imported |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
-    assert imported == {"torch", "triton", "triton.language"}
+    assert imported == {"os", "torch", "triton", "triton.language"}
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert {f"dequant_{fmt}", f"group_params_{fmt}", "linear", "gemv", "gemm"} <= defined
     compile(src, "<emitted>", "exec")
