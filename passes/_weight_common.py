@@ -1,13 +1,14 @@
 """What the weight-choosing passes (clip, gptq, pot-refine, lorc) share: which layers they
 touch, which format and group size, and where calibration statistics come from.
 
-They select layers exactly as `lower-datatype` does by default (skip the LM head, embeddings and
-LoRC's own low-rank linears), so that a pipeline `gptq{format=F},lower-datatype{format=F}` plans
-every layer that gets lowered. `format` is a required option of these passes: a pass cannot see
-the rest of the pipeline, and guessing the lowering format would silently plan for the wrong
-grid; `group-size` defaults to the format's default group size, the same default lower-datatype
-uses. A layer whose K the group size does not divide is left alone (lower-datatype decides what
-happens to it, per its `on-indivisible` option).
+They select layers exactly as `lower-datatype` does by default (skip the LM head, embeddings,
+MoE routers and LoRC's own low-rank linears, and weights that are not floating point), so
+that a pipeline `gptq{format=F},lower-datatype{format=F}` plans every layer that gets lowered.
+`format` is a required option of these passes: a pass cannot see the rest of the pipeline, and
+guessing the lowering format would silently plan for the wrong grid; `group-size` defaults to
+the format's default group size, the same default lower-datatype uses. A layer whose K the
+group size does not divide is left alone (lower-datatype decides what happens to it, per its
+`on-indivisible` option).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.fx as fx
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.program import Program
 
-DEFAULT_SKIP = ("lm_head", "*embed*", "*.lorc_*")
+DEFAULT_SKIP = ("lm_head", "*embed*", "*.lorc_*", "mlp.gate")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,11 @@ def select_layers(pass_name: str, program: Program, fmt: Any, group_size: int | 
         name = weight.removesuffix(".weight")
         if any(matches(name, p) for p in skip):
             continue
-        n, k = (int(d) for d in program.get_tensor(weight).shape)
+        value = program.get_tensor(weight)
+        if not value.is_floating_point():
+            ctx.log(f"{pass_name}: {name} skipped, its weight is {value.dtype}, not floating point")
+            continue
+        n, k = (int(d) for d in value.shape)
         group = group_size or fmt.default_group_size or k
         if group not in fmt.group_sizes and not (group == k and fmt.per_row):
             allowed = ", ".join(str(g) for g in fmt.group_sizes)

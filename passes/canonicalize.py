@@ -4,7 +4,7 @@ Every later pass (rotation, GPTQ, lowering to a datatype) looks for `aten.linear
 with a constant weight, so models that write `x @ W.t()`, `torch.mm`, `torch.addmm` or
 `matmul(x, W_kn)` must be rewritten into that form first or they would silently stay
 unquantized. A weight stored as [K, N] is transposed once into a new tensor named `<name>_t`.
-Ops that are identities at inference (alias, clone, same-dtype casts, eval-mode dropout,
+Ops that are identities at inference (alias, clone, same-dtype casts and type_as, eval-mode dropout,
 contiguous, same-shape reshapes, metadata asserts) are removed so patterns match across them.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
+from qcompiler.errors import PassError
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
 from qcompiler.passes.dce import eliminate_dead_code
@@ -69,6 +70,8 @@ def _is_no_op(node: fx.Node) -> bool:
         p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
         train = args[2] if len(args) > 2 else kwargs.get("train", True)
         return train is False or p == 0
+    if t is aten.type_as.default:
+        return _same_tensor_type(_val(args[0]), _val(node))
     if t in CASTS:
         formats = [a for a in args if isinstance(a, torch.memory_format)]
         formats.append(kwargs.get("memory_format"))
@@ -92,6 +95,30 @@ def remove_no_ops(graph: fx.Graph) -> int:
             graph.erase_node(node)
             removed += 1
     return removed
+
+
+def first_no_op(program: Program) -> fx.Node | None:
+    """The first node `canonicalize` would remove, or None when the graph has none."""
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if (node.target is aten._assert_tensor_metadata.default and not node.users) or (
+                _is_no_op(node)):
+            return node
+    return None
+
+
+def require_canonical(program: Program, pass_name: str, pipeline: str) -> None:
+    """A pass that matches norms and linears structurally (fold-norms, rotate) sees casts,
+    aliases and metadata asserts as real uses, so on an uncanonicalized graph it would fold
+    nothing or blame the model ("no LM head"). Say which step is missing instead."""
+    node = first_no_op(program)
+    if node is None:
+        return
+    op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    raise PassError(pass_name, f"run canonicalize first (-p '{pipeline}'): the graph still has "
+                    f"ops that canonicalize removes (%{node.name}, {op}), which hide the norms "
+                    "and linears this pass rewrites")
 
 
 # ---- matmuls with constant weights -> linear ---------------------------------------------------

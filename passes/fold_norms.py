@@ -4,7 +4,8 @@
     ⇒  y = n(x) (W diag γ)ᵀ + (b + W β)
 
 After folding, every norm has γ = 1 and β = 0 (the parameters stay, as ones and zeros, so later
-passes such as smoothing still have a per-channel scale to divide), and the scale lives in the
+passes such as smoothing still have a per-channel scale to divide; Gemma's RMSNorm scales by
+γ = 1 + w, which is folded the same way and left with w = 0), and the scale lives in the
 weights that get quantized. Two things depend on it: an RMSNorm with unit weight commutes with
 an orthogonal rotation of the channels (what `rotate` needs), and outlier channels of γ stop
 hiding outside the quantized weights.
@@ -13,6 +14,10 @@ Folding is exact only where every use of the norm's output is the input of a lin
 models: Llama, Qwen2, Mistral, Phi-3, GPT-2, OPT; q/k/v or gate/up all read one norm, the final
 norm feeds lm_head). In post-norm models (BERT, MiniLM) the output also feeds the residual add,
 so such norms are kept and listed in the `norms-kept` statistic and a `-v` note.
+
+The pass matches norms and their linears structurally, so it needs a canonicalized graph
+(same-dtype casts and metadata asserts look like other uses): without one it fails with "run
+canonicalize first" instead of silently folding nothing.
 
 A weight shared with another use (GPT-2/OPT/stories260k tie lm_head to the token embedding) is
 untied first: the embedding gets its own copy under its module's name, lm_head keeps its name.
@@ -30,6 +35,7 @@ from qcompiler.graph_match import iter_weight_uses
 from qcompiler.graph_norms import Norm, find_norms, norm_consumers
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
+from qcompiler.passes.canonicalize import require_canonical
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
 
@@ -136,6 +142,7 @@ class FoldNorms(Pass):
     name = "fold-norms"
 
     def apply(self, program: Program, ctx: PassContext) -> PassResult:
+        require_canonical(program, self.name, "canonicalize,fold-norms")
         folded = kept = 0
         changed: set[fx.Node] = set()
         for norm in find_norms(program):
@@ -147,6 +154,8 @@ class FoldNorms(Pass):
                 kept += 1
                 continue
             gamma = _param(program, norm.weight)
+            if gamma is not None and norm.offset:  # Gemma: the scale is (1 + w)
+                gamma = gamma.to(torch.float64) + norm.offset
             beta = _param(program, norm.bias)
             if (gamma is None or bool((gamma == 1).all())) and (
                     beta is None or not bool((beta != 0).any())):
@@ -154,9 +163,10 @@ class FoldNorms(Pass):
             for linear in linears:
                 fold_into_linear(program, linear, gamma, beta)
                 changed.add(linear)
-            if gamma is not None:
+            if gamma is not None:  # γ = offset + w becomes 1: w = 1 - offset (0 for Gemma)
                 name = _private_norm_param(program, norm, norm.weight)
-                program.set_tensor(name, torch.ones_like(gamma))
+                w = program.get_tensor(name)
+                program.set_tensor(name, torch.full_like(w, 1.0 - norm.offset))
             if beta is not None:
                 name = _private_norm_param(program, norm, norm.bias)
                 program.set_tensor(name, torch.zeros_like(beta))

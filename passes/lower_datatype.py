@@ -9,15 +9,25 @@ For every selected `aten.linear(x, W, b)` the weight is quantized with the forma
 `qc.linear_<format>(x, codes, scales, zeros, meta, global_scale, b) {group_size, n, k, layer}`;
 the fp weight is deleted when nothing else uses it.
 
-Selection: `skip` patterns keep layers in floating point (default: the LM head and embeddings,
-as llama.cpp, AWQ and GPTQ do). `override` gives layers their own format or group size:
-`PATTERN:format=F[:group-size=G]`, `PATTERN:F` or `PATTERN:skip`, several separated by `;`, the
-last matching entry winning. A pattern matches a layer name (the weight's name without
-`.weight`) in full or as a dotted suffix, with shell wildcards (`layers.*.mlp.down_proj`).
+Selection: `skip` patterns keep layers in floating point (default: the LM head, embeddings and
+MoE routers `mlp.gate`, as llama.cpp, AWQ and GPTQ do). `override` gives layers their own
+format or group size: `PATTERN:format=F[:group-size=G]`, `PATTERN:F` or `PATTERN:skip`, several
+separated by `;`, the last matching entry winning. A pattern matches a layer name (the
+weight's name without `.weight`) in full or as a dotted suffix, with shell wildcards
+(`layers.*.mlp.down_proj`).
 
 A K that the group size does not divide is an error by default (`on-indivisible=error`, the
-message lists group sizes that fit); `skip` keeps such layers in fp (listed in the report) and
-`pad` zero-pads K to a multiple of the group size, with an explicit `aten.constant_pad_nd` on x.
+message lists group sizes that fit and names `on-indivisible=pad`); `skip` keeps such layers in
+fp (listed in the report) and `pad` zero-pads K to a multiple of the group size, with an
+explicit `aten.constant_pad_nd` on x (exact: the padded columns multiply zeros). Padding is not
+the default because it changes the layer's shape and costs memory and compute the user did not
+ask for; the error says how to get it.
+
+Weights that are not floating point (int8, bool) are not quantized (they are not fp weights;
+converting them would change the function) and are reported. Every layer left in fp is in the
+report; the ones not chosen by a skip pattern or override (integer weights, skipped indivisible
+layers, matmul weights that are not a linear's, such as MoE experts behind `bmm`) are also
+named in one warning line on stderr (passes/_fp_layers.py).
 
 Weight plans (qcompiler/weight_plan.py): when a calibration pass (clip, gptq, pot-refine, lorc)
 already chose a layer's quantized values and the layer's weight is still the one it recorded,
@@ -44,6 +54,7 @@ import torch.fx as fx
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
+from qcompiler.passes._fp_layers import unlowered_weights, warn_fp_layers
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
 from qcompiler.weight_plan import describe, drop_plan, plans, valid_plan
@@ -97,7 +108,7 @@ class LowerDatatype(Pass):
     name = "lower-datatype"
     format: str = "razer4"
     group_size: int | None = None  # None: the format's default
-    skip: tuple[str, ...] = ("lm_head", "*embed*", "*.lorc_*")
+    skip: tuple[str, ...] = ("lm_head", "*embed*", "*.lorc_*", "mlp.gate")
     override: str = ""
     on_indivisible: Literal["error", "skip", "pad"] = "error"
     search: Literal["clip", "rtn"] | None = None  # None: the format's default search
@@ -137,6 +148,7 @@ class LowerDatatype(Pass):
         layers = ctx.report.setdefault("layers", [])
         quantized = skipped = 0
         object.__setattr__(self, "_warned", False)
+        kept: list[dict[str, Any]] = []
         for node in ctx.progress(nodes, total=len(nodes), desc=self.name):
             entry = self._lower(program, node, ctx)
             layers.append(entry)
@@ -144,8 +156,13 @@ class LowerDatatype(Pass):
                 quantized += 1
             else:
                 skipped += 1
+                kept.append(entry)
         if quantized:
             program.gm.recompile()
+        unlowered = unlowered_weights(program)
+        layers.extend(unlowered)
+        skipped += len(unlowered)
+        warn_fp_layers(self.name, kept + unlowered, ctx)
         return PassResult(quantized > 0,
                           {"layers-quantized": quantized, "layers-skipped": skipped})
 
@@ -159,6 +176,10 @@ class LowerDatatype(Pass):
         plan = self.plan(layer)
         if plan.format is None:
             return {**entry, "status": "skipped", "reason": plan.reason}
+        if not weight.is_floating_point():
+            dtype = str(weight.dtype).removeprefix("torch.")
+            return {**entry, "status": "skipped", "dtype": dtype,
+                    "reason": f"{dtype} weight, not floating point"}
         fmt = self._format(plan.format)
         group = plan.group_size or fmt.default_group_size or k
         per_row = group == k and (fmt.per_row or fmt.default_group_size is None)
@@ -320,8 +341,9 @@ def _indivisible_message(fmt: Any, group: int, k: int, layer: str) -> str:
     fits = [g for g in fmt.group_sizes if k % g == 0]
     if fits:
         sizes = " or ".join(str(g) for g in fits[-2:]) if len(fits) > 1 else str(fits[0])
-        fix = f"use --group-size {sizes}"
+        fix = f"use --group-size {sizes}, or"
     else:
-        fix = "no supported group size divides it"
-    return (f"group size {group} does not divide K={k} in {layer}; {fix}, or "
-            "lower-datatype{on-indivisible=skip} to keep such layers in fp")
+        fix = "no supported group size divides it: use"
+    return (f"group size {group} does not divide K={k} in {layer}; {fix} "
+            "--on-indivisible pad (lower-datatype{on-indivisible=pad}) to zero-pad K (exact) or "
+            "--on-indivisible skip to keep such layers in fp")

@@ -16,7 +16,11 @@ Norm weights must be 1: this pass does not fold them itself (one pass, one job, 
 between the two stays inspectable); it fails with a message saying to put `fold-norms` first.
 LayerNorm subtracts the mean, which does not commute with a rotation, and post-norm models put
 the norm on the stream itself, so GPT-2, OPT, BERT and MiniLM are rejected with a one-line
-error; Llama, Qwen2, Mistral (and Phi-3, fused projections included) are supported.
+error; Llama, Qwen2, Mistral (and Phi-3, fused projections included) and Gemma (its `(1 + w)`
+norms folded by fold-norms, its embeddings scaled by a scalar, which commutes with Q) are
+supported. The graph must be canonicalized first: casts, aliases and metadata asserts between
+the stream and its readers would look like uses a rotation changes, so an uncanonicalized graph
+is refused with "run canonicalize first" rather than blamed on the model.
 
 `online-down=true` also inserts `qc.hadamard` (x ↦ x·H) before each down_proj and folds Hᵀ into
 its weight (W ← W·H): down_proj's input has the largest activation outliers and lies behind
@@ -37,6 +41,7 @@ from qcompiler.graph_norms import Norm, find_norms, norm_consumers
 from qcompiler.hadamard import has_hadamard, hadamard, random_hadamard, random_orthogonal
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
+from qcompiler.passes.canonicalize import require_canonical
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
 from qcompiler.residual_stream import ResidualStream, decoder_layers, find_residual_stream
@@ -55,6 +60,7 @@ class Rotate(Pass):
     online_down: bool = False
 
     def apply(self, program: Program, ctx: PassContext) -> PassResult:
+        require_canonical(program, self.name, "canonicalize,fold-norms,rotate")
         norms = find_norms(program)
         stream = find_residual_stream(program, norms)
         readers, writers = self._check(program, stream)
@@ -104,12 +110,12 @@ class Rotate(Pass):
         if stream.in_stream_norms or stream.direct_readers:
             self._fail(f"post-norm model (the residual stream is normalized in place); "
                        f"{SUPPORTED}")
-        if stream.output_is_stream or stream.lm_head is None:
-            self._fail(f"the residual stream is the program output (no LM head); {SUPPORTED}")
-        if stream.other_uses:
+        if stream.other_uses:  # before "no LM head": an unknown use also hides the LM head
             use = stream.other_uses[0]
             self._fail(f"the residual stream feeds %{use.name} ({_op(use)}), which a rotation "
                        f"would change; {SUPPORTED}")
+        if stream.output_is_stream or stream.lm_head is None:
+            self._fail(f"the residual stream is the program output (no LM head); {SUPPORTED}")
         readers: list[fx.Node] = []
         for norm in stream.readers:
             self._check_unit_weight(program, norm)
@@ -118,7 +124,7 @@ class Rotate(Pass):
                 self._fail(f"the output of {norm.name} feeds %{others[0].name} "
                            f"({_op(others[0])}), not only linears; {SUPPORTED}")
             readers += [lin for lin in linears if lin not in readers]
-        adds = set(stream.adds)
+        adds = set(stream.adds) | set(stream.writer_paths)  # MoE: weighted sums of experts
         for writer in stream.writers:
             extra = [u for u in value_uses(writer) if u not in adds]
             if extra:
@@ -129,7 +135,7 @@ class Rotate(Pass):
     def _check_unit_weight(self, program: Program, norm: Norm) -> None:
         if norm.weight is None:
             return
-        gamma = program.get_tensor(str(norm.weight.target))
+        gamma = program.get_tensor(str(norm.weight.target)) + norm.offset  # Gemma: 1 + w
         if not bool((gamma == 1).all()):
             self._fail(f"{norm.name} has a non-unit weight, which does not commute with a "
                        "rotation; put fold-norms first (-p 'fold-norms,rotate')")

@@ -99,6 +99,8 @@ def _producer_inverse(program: Program, producer: Any) -> tuple[tuple[str, ...],
         parts = [t for t in (producer.norm.weight, producer.norm.bias) if t is not None]
         if producer.norm.weight is None:
             return f"{producer.norm.name} has no weight to absorb 1/s"
+        if producer.norm.offset:  # Gemma's (1 + w): dividing w by s would not divide γ
+            return f"{producer.norm.name} scales by ({producer.norm.offset:g} + w)"
         if not all(_only_use(program, t) for t in parts):
             return f"{producer.norm.name}'s weight is shared"
         return tuple(str(t.target) for t in parts), False

@@ -43,8 +43,9 @@ import torch
 from qcompiler.errors import QCompilerError
 from qcompiler.program import Program
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: mandatory tensor table in the manifest
 MANIFEST, PROGRAM, REPORT = "manifest.json", "program.pt2", "report.json"
+MAX_MANIFEST_BYTES = 64 << 20
 BUILD = "build.json"  # run-dependent facts: not hashed, not part of the byte-identical set
 WEIGHTS = "weights.safetensors"
 KERNELS, TOKENIZER = "kernels", "tokenizer"
@@ -71,8 +72,7 @@ def write_artifact(
 ) -> Path:
     """Write the artifact for a compiled `program` to `out_dir`; returns its path."""
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+    check_replaceable(out, force)
     tmp = _make_temp_dir(out)
     try:
         with _sigterm_as_exit():
@@ -109,6 +109,7 @@ def _write_contents(program: Program, tmp: Path, *, pipeline: str, format: str,
         "layers": layers,
         "summary": _summary(layers, tensors),
         "kernels": kernels,
+        "tensors": tensor_table(tensors),
         "files": file_hashes(tmp),
         "build_file": BUILD,
     }
@@ -211,6 +212,17 @@ def save_program(program: Program, path: Path) -> None:
     with warnings.catch_warnings():  # torch warns that stubs are not "complete" tensors
         warnings.simplefilter("ignore")
         torch.export.save(ep, str(path), extra_files=extra)
+
+
+def safetensors_dtype(dtype: torch.dtype) -> str | None:
+    """The safetensors name of a torch dtype; None for one that safetensors cannot store."""
+    return _ST_DTYPES.get(dtype)
+
+
+def tensor_table(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """name -> safetensors dtype and shape: what `load` checks the weights file against."""
+    return {name: {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape)}
+            for name, t in sorted(tensors.items())}
 
 
 def _stub(t: torch.Tensor) -> torch.Tensor:
@@ -369,12 +381,16 @@ def sha256_file(path: Path) -> str:
 
 
 def read_build(path: str | os.PathLike) -> dict[str, Any]:
-    """The build record (build.json) of the artifact at `path`; {} when absent or unreadable:
-    it is informational, nothing depends on it."""
+    """The build record (build.json) of the artifact at `path`; {} when absent, oversized or
+    unreadable: it is informational (outside the integrity record), nothing depends on it."""
+    file = Path(path) / BUILD
     try:
-        return json.loads((Path(path) / BUILD).read_text())
-    except (OSError, json.JSONDecodeError):
+        if file.is_symlink() or file.stat().st_size > 1 << 20:
+            return {}
+        record = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -386,15 +402,57 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not directory.is_dir() or not file.is_file():
         raise QCompilerError(f"{directory} is not a qcompiler artifact (no {MANIFEST}); "
                              "create one with 'qcompile MODEL --format F -o OUT'")
+    if file.is_symlink() or file.stat().st_size > MAX_MANIFEST_BYTES:
+        raise QCompilerError(f"{file} is not a regular manifest (a symbolic link, or over "
+                             f"{MAX_MANIFEST_BYTES >> 20} MiB); recompile the artifact")
     try:
         manifest = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise QCompilerError(f"{file} is unreadable: {e}; recompile the artifact") from None
+    if not isinstance(manifest, dict):
+        raise QCompilerError(f"{file} is not a manifest (not a JSON object); recompile the "
+                             "artifact")
     version = manifest.get("artifact_version")
     if version != ARTIFACT_VERSION:
         raise QCompilerError(f"{directory} has artifact version {version}, this qcompiler reads "
                              f"{ARTIFACT_VERSION}; recompile it")
     return manifest
+
+
+def check_replaceable(out: Path, force: bool) -> None:
+    """Refuse to write over `out` unless `force` and it is an artifact or an empty directory:
+    --force must never delete a user's files (a thesis directory passed by mistake as -o)."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+    if out.is_symlink() or not out.is_dir():
+        raise QCompilerError(f"{out} exists and is not a directory; --force replaces only a "
+                             "qcompiler artifact or an empty directory: choose another -o")
+    if any(out.iterdir()) and not is_artifact(out):
+        raise QCompilerError(f"{out} is not a qcompiler artifact (no valid {MANIFEST}); "
+                             "--force replaces only an artifact or an empty directory: "
+                             "choose another -o")
+
+
+def record_file(directory: Path, name: str) -> None:
+    """Add (or refresh) `name`'s hash in the integrity record of the artifact at `directory`:
+    for a file written after the compile on purpose (tuned kernel configs), which `load` would
+    otherwise refuse as unrecorded. The manifest is replaced atomically."""
+    manifest = read_manifest(directory)
+    manifest.setdefault("files", {})[name] = "sha256:" + sha256_file(directory / name)
+    tmp = directory / f".{MANIFEST}.tmp"
+    _write_json(tmp, manifest)
+    os.replace(tmp, directory / MANIFEST)
+
+
+def is_artifact(directory: Path) -> bool:
+    """Whether `directory` holds a manifest written by qcompiler (any artifact version)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and "artifact_version" in manifest and "format" in manifest
 
 
 def _write_json(path: Path, obj: Any) -> None:

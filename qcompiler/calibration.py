@@ -8,8 +8,10 @@ ask for them through two functions:
     stats["model.layers.0.self_attn.q_proj"].hessian      # Σ xᵀx over every calibration token
 
 Where the data comes from (`CalibrationConfig`, put in `ctx.calibration` by the driver):
-- `text` given: the text tokenized with the model's tokenizer, cut into `samples` chunks
-  (encoders: one line per sample), as `qcompile eval --text` does.
+- `text` given: the second half of its lines (held out: `qcompile eval --text` on the same
+  file reads from the start, qcompiler/text_data.py), tokenized with the model's tokenizer and
+  cut into `samples` consecutive chunks (encoders: one line per sample); `sampled` > 0 adds that
+  many sequences sampled from the model (a mix of text and sampled data).
 - no text, causal LM: sequences sampled from the model itself (temperature 1, seeded), so
   calibration works offline on any checkpoint; encoders: random ordinary tokens (seeded);
   other modules: seeded random inputs shaped like the example inputs (the dynamic dimension,
@@ -72,6 +74,7 @@ class CalibrationConfig:
     text: str | None = None
     seed: int = 0
     slac: bool = False
+    sampled: int = 0  # with text: this many more sequences sampled from the model
     batches: list[Batch] | None = None  # explicit model inputs (Python API), used as given
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -79,6 +82,8 @@ class CalibrationConfig:
         if self.samples < 1:
             raise UsageError(f"calibration needs at least 1 sample, got {self.samples}; "
                                  "use --calib-samples N with N >= 1")
+        if self.sampled < 0:
+            raise UsageError(f"--calib-sampled must be >= 0, got {self.sampled}")
         if self.seqlen < 2:
             raise UsageError(f"calibration sequences need at least 2 tokens, got "
                                  f"{self.seqlen}; use --calib-seqlen L with L >= 2")
@@ -143,8 +148,10 @@ def calibration_batches(program: Any, ctx: Any = None) -> list[Batch]:
     key = f"{program.kind}:{len(program.example_inputs)}"
     if key not in cfg._cache:
         if ctx is not None:
-            source = ("text" if cfg.text else
+            source = ("text (second half of the lines)" if cfg.text else
                       "sampled" if program.kind == "causal-lm" else "random")
+            if cfg.text and cfg.sampled:
+                source += f" + {cfg.sampled} sampled"
             ctx.log(f"calibration: {cfg.samples} sequences, lengths "
                     f"{_describe(cfg.lengths())}, {source}")
         cfg._cache[key] = make_batches(program, cfg)
@@ -153,7 +160,7 @@ def calibration_batches(program: Any, ctx: Any = None) -> list[Batch]:
 
 def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
     """Build the batches for `cfg` (no caching): text, sampled, random tokens or random inputs."""
-    from qcompiler import evaluate, sampling
+    from qcompiler import evaluate, sampling, text_data
 
     lengths = cfg.lengths()
     if program.kind not in ("causal-lm", "encoder"):
@@ -166,7 +173,17 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
             raise QCompilerError("--calib needs the model's tokenizer and this model has none; "
                                  "leave out --calib to calibrate on sequences sampled from the "
                                  "model")
-        return _text_batches(cfg.text, tokenizer, lengths, program.kind)
+        out = _text_batches(text_data.calibration_part(cfg.text), tokenizer, lengths,
+                            program.kind)
+        if cfg.sampled and program.kind == "causal-lm":
+            bos = config.get("bos_token_id")
+            out += [sampling.sample_sequence(program, vocab, cfg.seqlen, cfg.seed + i, bos)
+                    for i in range(cfg.sampled)]
+            sampling.release(program)
+        elif cfg.sampled:
+            for i in range(cfg.sampled):
+                out += evaluate.random_sequences(vocab, 1, cfg.seqlen, cfg.seed + i, tokenizer)
+        return out
     if program.kind == "causal-lm":
         bos = config.get("bos_token_id")
         out = [sampling.sample_sequence(program, vocab, length, cfg.seed + i, bos)

@@ -14,6 +14,7 @@ node (no decompositions), then normalizes the result to the unlifted form `Progr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -28,6 +29,10 @@ from qcompiler.program import DynamicDim, ModelKind, Program
 
 EXTRA_FILE = "qcompiler.json"  # our metadata inside a .pt2 archive (torch.export extra_files)
 DEFAULT_SEQ_LEN = 16
+# Language models are captured with a dynamic batch dimension (1..MAX_BATCH). The example batch
+# is 2: torch.export specializes a dimension whose example size is 1.
+MAX_BATCH = 64
+EXAMPLE_BATCH = 2
 
 
 def capture(
@@ -49,6 +54,10 @@ def capture(
         from qcompiler import zoo
 
         return zoo.load(text[4:])
+    if text.endswith(".qcir"):  # our textual IR (+ the tensors file its header names)
+        from qcompiler.ir.io import read_ir
+
+        return read_ir(Path(text))
     path = Path(text)
     if not path.exists():
         raise CaptureError(f"no such file or directory: {text}")
@@ -58,11 +67,11 @@ def capture(
                 f"{text} is a directory without config.json; point at a Hugging Face model "
                 "directory, a .pt2 archive, or a zoo:NAME model"
             )
-        return capture_hf_dir(path, dynamic_seq=dynamic_seq)
+        return capture_hf_dir(path, dynamic_seq=dynamic_seq, trust_pickle=trust_pickle)
     if not os.access(path, os.R_OK):
         raise CaptureError(f"cannot read {text}: permission denied")
     if _is_export_archive(path):
-        return load_exported(path)
+        return load_exported(path, trust_pickle=trust_pickle)
     if _looks_like_pickle(path):
         if not trust_pickle:
             raise CaptureError(
@@ -111,8 +120,13 @@ def hf_kind(config: Any) -> ModelKind:
 DECODER_TYPES = {"llama", "qwen2", "mistral", "gpt2", "opt", "phi3", "phi", "gemma", "qwen3"}
 
 
-def capture_hf_dir(path: Path, *, dynamic_seq: bool = True) -> Program:
-    """Load an HF checkpoint directory offline (no hub access) and capture it."""
+def capture_hf_dir(path: Path, *, dynamic_seq: bool = True, trust_pickle: bool = False) -> Program:
+    """Load an HF checkpoint directory offline (no hub access, no remote code) and capture it.
+
+    Pickled checkpoints (pytorch_model.bin) are read with the restricted unpickler unless
+    `trust_pickle`: plain tensors load, anything else is refused with a one-line error."""
+    from qcompiler.safe_archive import PickleRefused, weights_only_unpickling
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
@@ -125,8 +139,15 @@ def capture_hf_dir(path: Path, *, dynamic_seq: bool = True) -> Program:
         raise CaptureError(f"{path}/config.json is not a usable model config: {_first_line(e)}")
     kind = hf_kind(config)
     auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
+    guard = contextlib.nullcontext() if trust_pickle else weights_only_unpickling()
     try:
-        hf = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        with guard:
+            hf = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                      trust_remote_code=False)
+    except PickleRefused as e:
+        raise CaptureError(f"{path} holds pickled weights that are not plain tensors ({e}); "
+                           "loading them runs code. Re-run with --trust-pickle if you trust "
+                           "them, or convert the checkpoint to safetensors") from None
     except Exception as e:  # transformers raises many types for a broken checkpoint
         raise CaptureError(f"cannot load the weights in {path}: {_first_line(e)}")
     program = capture_hf_model(hf, source=str(path))
@@ -134,18 +155,29 @@ def capture_hf_dir(path: Path, *, dynamic_seq: bool = True) -> Program:
     return program
 
 
-def capture_hf_model(hf: torch.nn.Module, *, source: str = "", seed: int = 0) -> Program:
-    """Capture an in-memory HF model (used by the zoo and by HF directories)."""
+def capture_hf_model(hf: torch.nn.Module, *, source: str = "", seed: int = 0,
+                     dynamic_batch: bool = True) -> Program:
+    """Capture an in-memory HF model (used by the zoo and by HF directories).
+
+    Batch (dim 0, 1..MAX_BATCH, unless `dynamic_batch=False`) and sequence (dim 1) are dynamic."""
     config = hf.config
     config.use_cache = False
     kind = hf_kind(config)
     hf.eval()
     wrapper = CausalLM(hf) if kind == "causal-lm" else Encoder(hf)
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, config.vocab_size, (1, DEFAULT_SEQ_LEN), generator=g)
+    batch = EXAMPLE_BATCH if dynamic_batch else 1
+    ids = torch.randint(3, config.vocab_size, (batch, DEFAULT_SEQ_LEN), generator=g)
     max_len = min(int(getattr(config, "max_position_embeddings", 2048) or 2048), 4096)
     dims = [DynamicDim(0, 1, "seq", 2, max_len)]
-    program = _export(wrapper, (ids,), ("input_ids",), dims, kind, source, strip_prefix="hf.")
+    if dynamic_batch:
+        dims.insert(0, DynamicDim(0, 0, "batch", 1, MAX_BATCH))
+    from qcompiler import moe  # MoE experts export as per-expert linears (see qcompiler/moe.py)
+
+    with moe.dense_experts(hf) as has_experts:
+        program = _export(wrapper, (ids,), ("input_ids",), dims, kind, source, strip_prefix="hf.")
+    if has_experts:
+        moe.split_expert_weights(program)
     program.meta.update(
         architecture=(config.architectures or [type(hf).__name__])[0],
         model_type=config.model_type,
@@ -207,11 +239,18 @@ def save_exported(program: Program, path: str | os.PathLike) -> None:
     torch.export.save(ep, str(path), extra_files=extra)
 
 
-def load_exported(path: Path) -> Program:
+def load_exported(path: Path, *, trust_pickle: bool = False) -> Program:
+    """Read a torch.export archive as a Program. Nothing in the file runs: CRCs are checked,
+    native-code members refused, and pickled members unpickled only as plain tensors unless
+    `trust_pickle` (see `qcompiler.safe_archive`)."""
+    from qcompiler.safe_archive import read_export_archive
+
     extra = {EXTRA_FILE: ""}
     _register_custom_ops()
     try:
-        ep = torch.export.load(str(path), extra_files=extra)
+        ep = read_export_archive(Path(path), extra, trust_pickle=trust_pickle)
+    except CaptureError:
+        raise
     except Exception as e:
         raise CaptureError(f"{path} is not a readable torch.export archive: {_first_line(e)}")
     info = json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}

@@ -79,20 +79,22 @@ def compile(
     """
     from qcompiler.pass_manager import PassManager
     from qcompiler.passes_base import PassContext
-    from qcompiler.pipeline import format_pipeline, parse_pipeline, resolve_pipeline
+    from qcompiler.pipeline import (check_format_options, format_pipeline, parse_pipeline,
+                                    resolve_pipeline)
 
     start = time.perf_counter()
     if format is None and pipeline is None:
         raise UsageError("say what to compile to: format=FMT (see 'qcompile formats') "
                          "or pipeline=SPEC")
     passes = parse_pipeline(resolve_pipeline(pipeline, format, group_size))
+    check_format_options(passes)  # bad -g fails here, before the (slow) capture, with exit 2
     pipeline_text = format_pipeline(passes)
     fmt = format or _pipeline_format(passes)
     emit = emit or ("artifact" if out is not None else "program")
     if emit == "artifact" and out is None:
         raise UsageError("emit='artifact' needs out=DIR (the directory to write)")
     if out is not None and emit != "program":
-        check_output(Path(out), force)
+        check_output(Path(out), force, artifact=emit == "artifact")
 
     program = capture_model(model, stream=stream, trust_pickle=trust_pickle,
                             example_inputs=example_inputs)
@@ -153,10 +155,17 @@ def _pipeline_format(passes: list[Any]) -> str:
     return ""
 
 
-def check_output(out: Path, force: bool) -> None:
-    """Fail before compiling when the artifact could not be written anyway."""
-    if out.exists() and not force:
+def check_output(out: Path, force: bool, *, artifact: bool = True) -> None:
+    """Fail before compiling when the output could not be written anyway."""
+    from qcompiler.artifact import check_replaceable
+
+    if artifact:
+        check_replaceable(out, force)
+    elif out.exists() and not force:
         raise QCompilerError(f"{out} already exists; choose another -o or pass --force")
+    elif out.is_dir():
+        raise QCompilerError(f"{out} is a directory; --emit ir/mlir writes a file: choose "
+                             "another -o")
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent

@@ -3,7 +3,8 @@
 Decoders (`causal-lm`): for every position of every evaluation sequence, the KL divergence
 KL(P_ref || P_quant) of the next-token distributions, reported as mean and 99th percentile (what
 llama.cpp's `--kl-divergence` prints), the top-1 agreement (how often both pick the same token)
-and, when real text is given, the perplexity of both models on it.
+and, when real text is given, the perplexity of both models on it, the standard way: windows
+of `seq_len` tokens, each starting with the tokenizer's BOS (qcompiler/text_data.py).
 
 Encoders: the cosine similarity of the pooled embeddings, mean pooling over tokens as
 sentence-transformers does for MiniLM, reported as mean and minimum over the samples.
@@ -30,6 +31,7 @@ import torch
 
 from qcompiler.errors import QCompilerError
 from qcompiler.sampling import release, sample_sequence  # noqa: F401  (re-exported)
+from qcompiler.text_data import describe, evaluation_windows
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 EVAL_SEED_OFFSET = 1 << 20  # evaluation seeds never meet calibration's (seed + sample index)
@@ -43,6 +45,13 @@ class EvalResult:
     data: str  # "text", "sampled" (from the reference) or "random" (token ids)
     samples: int
     tokens: int
+    text: str | None = None  # decoders on text: how the windows were cut (text_data.describe)
+    window: int | None = None
+    bos: str | None = None  # the BOS every text window starts with
+    predicted_tokens: int | None = None  # tokens the perplexity averages over
+    artifact_bytes: int | None = None  # weights.safetensors of the artifact (set by the CLI)
+    fp16_bytes: int | None = None  # the same model's parameters at 2 bytes each
+    bits_per_parameter: float | None = None  # 8 * artifact_bytes / parameters
     kl_mean: float | None = None
     kl_p99: float | None = None
     kl_max: float | None = None
@@ -57,8 +66,9 @@ class EvalResult:
 
     def table(self) -> str:
         """A small two-column table for the terminal."""
-        rows = [("model kind", self.kind), ("data", f"{self.data}, {self.samples} sequences, "
-                                                   f"{self.tokens} tokens")]
+        data = (f"text, {self.text}" if self.text else
+                f"{self.data}, {self.samples} sequences, {self.tokens} tokens")
+        rows = [("model kind", self.kind), ("data", data)]
         labels = [
             ("kl_mean", "KL divergence, mean"), ("kl_p99", "KL divergence, 99th pct"),
             ("kl_max", "KL divergence, max"), ("top1_agreement", "top-1 agreement"),
@@ -70,14 +80,23 @@ class EvalResult:
             value = getattr(self, key)
             if value is not None:
                 rows.append((label, f"{value:.6f}"))
+        if self.artifact_bytes is not None and self.fp16_bytes:
+            rows.append(("artifact size", f"{self.artifact_bytes / 1e6:.2f} MB weights, "
+                         f"{self.bits_per_parameter:.2f} bits per parameter "
+                         f"({100 * self.artifact_bytes / self.fp16_bytes:.1f}% of the fp16 "
+                         f"checkpoint, {self.fp16_bytes / 1e6:.2f} MB)"))
         width = max(len(r[0]) for r in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 
 
 def evaluate(quantized: Model, reference: Model, *, kind: str, vocab_size: int,
              text: str | None = None, tokenizer: Any = None, samples: int = 8,
-             seq_len: int = 64, seed: int = 0, bos_token_id: int | None = None) -> EvalResult:
-    """Compare `quantized` with `reference` (both ids [1, T] -> logits or hidden states)."""
+             seq_len: int = 64, seed: int = 0, bos_token_id: int | None = None,
+             bos: bool = True) -> EvalResult:
+    """Compare `quantized` with `reference` (both ids [1, T] -> logits or hidden states).
+
+    `bos_token_id` starts sampled sequences; `bos` says whether text windows start with the
+    tokenizer's BOS."""
     if samples < 1 or seq_len < 2:
         raise QCompilerError("evaluation needs --samples >= 1 and --seq-len >= 2")
     if text is not None:
@@ -85,6 +104,14 @@ def evaluate(quantized: Model, reference: Model, *, kind: str, vocab_size: int,
             raise QCompilerError("--text needs a tokenizer, and neither the artifact nor the "
                                  "reference model has one; leave out --text to evaluate on "
                                  "sequences sampled from the reference")
+        if kind == "causal-lm":
+            cut = evaluation_windows(text, tokenizer, window=seq_len, count=samples, bos=bos)
+            result = _compare_decoder(quantized, reference, cut.windows, "text",
+                                      sum(int(w.shape[-1]) for w in cut.windows),
+                                      with_perplexity=True)
+            result.text, result.window = describe(cut), cut.window
+            result.bos, result.predicted_tokens = cut.bos_token, cut.predicted
+            return result
         sequences = text_sequences(text, tokenizer, samples=samples, seq_len=seq_len, kind=kind)
         data = "text"
     elif kind == "causal-lm":
@@ -105,12 +132,13 @@ def evaluate(quantized: Model, reference: Model, *, kind: str, vocab_size: int,
 
 
 def compare(quantized: Model, reference: Model, sequences: list[torch.Tensor], *,
-            kind: str, data: str = "given") -> EvalResult:
-    """`evaluate` on sequences the caller already has (benchmarks draw them once per model)."""
+            kind: str, data: str = "given", with_perplexity: bool = False) -> EvalResult:
+    """`evaluate` on sequences the caller already has (benchmarks draw them once per model);
+    `with_perplexity` for text windows (text_data.evaluation_windows)."""
     tokens = sum(int(s.shape[-1]) for s in sequences)
     if kind == "causal-lm":
         return _compare_decoder(quantized, reference, sequences, data, tokens,
-                                with_perplexity=False)
+                                with_perplexity=with_perplexity)
     return _compare_encoder(quantized, reference, sequences, data, tokens, kind)
 
 
@@ -143,7 +171,9 @@ def random_sequences(vocab_size: int, samples: int, length: int, seed: int,
 
 def text_sequences(text: str, tokenizer: Any, *, samples: int, seq_len: int,
                    kind: str) -> list[torch.Tensor]:
-    """Chunks of `seq_len` tokens from the text (decoders) or one line per sample (encoders)."""
+    """One line per sample (encoders), or chunks of `seq_len` tokens as the tokenizer cuts them
+    (decoders; only the first chunk gets the tokenizer's BOS: for perplexity use
+    text_data.evaluation_windows, which `evaluate` does)."""
     if kind != "causal-lm":
         lines = [line.strip() for line in text.splitlines() if line.strip()][:samples]
         if not lines:

@@ -7,6 +7,8 @@ graph's structure, never from parameter names:
 
 - `find_norms(program)`: RMSNorm (decomposed by export into pow → mean → add(eps) → rsqrt →
   mul, optionally × weight) and `aten.layer_norm`, with their weight/bias `get_attr` nodes.
+  Gemma's RMSNorm scales by `(1 + w)`: its `offset` is 1, so γ = offset + w; a pass that
+  changes γ must write w = γ − offset (fold-norms leaves w = 0 there, γ = 1).
 - `norm_consumers(norm)`: the linears that read a norm's output as their input, looking through
   row-preserving views (see `qcompiler.graph_match`), plus every other use. γ/β can move into
   the linears exactly only when there is no other use.
@@ -25,6 +27,7 @@ from qcompiler.graph_match import (ADDS, CASTS, _is_call, _last_dim, _strip_cast
 from qcompiler.program import Program
 
 aten = torch.ops.aten
+TAIL_CASTS = CASTS + (aten.type_as.default,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,8 +36,9 @@ class Norm:
 
     `input` is the normalized value (casts stripped), `output` the node whose value is the
     normalized, scaled and shifted result that consumers read. `weight`/`bias` are the
-    `get_attr` nodes of γ and β (None when absent); `nodes` are the pattern's own nodes, so a
-    walker can tell a use internal to the norm from a real consumer of `input`.
+    `get_attr` nodes of the scale and β (None when absent); the scale applied is
+    γ = `offset` + weight (offset 1 for Gemma's `(1 + w)`, else 0). `nodes` are the pattern's
+    own nodes, so a walker can tell a use internal to the norm from a real consumer of `input`.
     """
 
     kind: Literal["rms", "layer"]
@@ -44,6 +48,7 @@ class Norm:
     bias: fx.Node | None
     eps: float
     nodes: tuple[fx.Node, ...]
+    offset: float = 0.0
 
     @property
     def name(self) -> str:
@@ -97,15 +102,39 @@ def _match_rms(rsqrt: fx.Node) -> Norm | None:
     while len(out.users) == 1 and _is_call(next(iter(out.users)), CASTS):
         out = next(iter(out.users))
         nodes.append(out)
+    offset = 0.0
     if len(out.users) == 1:
         user = next(iter(out.users))
         if _is_call(user, (aten.mul.Tensor,)):
             other = user.args[0] if user.args[1] is out else user.args[1]
-            if (isinstance(other, fx.Node) and other.op == "get_attr"
-                    and isinstance(_val(other), torch.Tensor) and _val(other).dim() == 1):
-                out, weight = user, other
-                nodes.append(user)
-    return Norm("rms", x, out, weight, None, eps, tuple(dict.fromkeys(nodes)))
+            weight, offset, extra = _scale(other)
+            if weight is not None:
+                out = user
+                nodes += [*extra, user]
+                while len(out.users) == 1 and _is_call(next(iter(out.users)), TAIL_CASTS):
+                    out = next(iter(out.users))  # Gemma: (x̂ · (1 + w)).type_as(x)
+                    nodes.append(out)
+    return Norm("rms", x, out, weight, None, eps, tuple(dict.fromkeys(nodes)), offset)
+
+
+def _is_vector_param(node: Any) -> bool:
+    return (isinstance(node, fx.Node) and node.op == "get_attr"
+            and isinstance(_val(node), torch.Tensor) and _val(node).dim() == 1)
+
+
+def _scale(node: Any) -> tuple[fx.Node | None, float, list[fx.Node]]:
+    """(weight, offset, own nodes) when `node` is a norm scale `w` or `w + c` (Gemma: 1 + w),
+    casts of w allowed; (None, 0, []) otherwise."""
+    if _is_vector_param(node):
+        return node, 0.0, []
+    if (_is_call(node, ADDS) and len(node.users) == 1 and not node.kwargs
+            and len(node.args) == 2):
+        a, b = node.args
+        w, c = (a, _scalar(b)) if isinstance(a, fx.Node) else (b, _scalar(a))
+        w, casts = _strip_casts(w)
+        if c is not None and _is_vector_param(w) and all(len(n.users) == 1 for n in casts):
+            return w, c, [*casts, node]
+    return None, 0.0, []
 
 
 def _match_layer_norm(node: fx.Node) -> Norm | None:

@@ -2,9 +2,10 @@
 
 Everything it prints (IR dumps, timing, statistics) goes to stderr, so stdout carries only the
 tool's output. When a pass fails (PassError, a verifier error, or a bug raising anything else),
-it writes a reproducer directory — the IR before the failing pass (`repro.qcir`), the program
-itself (`program.pt2`) and the remaining pipeline (`pipeline.txt`) — and raises a `PassFailure`
-whose one-line message names the pass, the passes before it, and the command that replays it.
+it writes a reproducer directory — the IR before the failing pass (`repro.qcir`, with its
+tensors in `repro.safetensors`, so it parses back) and the remaining pipeline (`pipeline.txt`) —
+and raises a `PassFailure` whose one-line message names the pass, the passes before it, and the
+`qc-opt repro.qcir -p ...` command that replays it.
 """
 
 from __future__ import annotations
@@ -163,14 +164,18 @@ class PassManager:
         p = self.passes[index]
         ran = [str(q) for q in self.passes[:index]]
         remaining = format_pipeline(self.passes[index:])
-        try:
-            directory, command = write_reproducer(
-                snapshot, remaining, self.reproducer_dir, pass_name=p.name,
-                full_pipeline=format_pipeline(self.passes))
-        except OSError as e:  # an unwritable reproducer dir must not hide the real error
-            directory, command = None, None
-            self._out().write(f"warning: cannot write the reproducer: {e}\n")
         internal = not isinstance(error, QCompilerError)
+        directory, command = None, None
+        # A reproducer holds the program with its weights (megabytes): written where the user
+        # asked (--reproducer-dir), or, for a compiler bug, to a temp dir that is kept for the
+        # bug report; never left behind in /tmp for a user mistake the message already explains.
+        if self.reproducer_dir is not None or internal:
+            try:
+                directory, command = write_reproducer(
+                    snapshot, remaining, self.reproducer_dir, pass_name=p.name,
+                    full_pipeline=format_pipeline(self.passes))
+            except OSError as e:  # an unwritable reproducer dir must not hide the real error
+                self._out().write(f"warning: cannot write the reproducer: {e}\n")
         if isinstance(error, (PassError, VerifyError)):
             cause = str(error)
         elif isinstance(error, QCompilerError):
@@ -180,7 +185,8 @@ class PassManager:
             cause = f"{p.name}: internal error: {type(error).__name__}: {first}"
         before = f"after {','.join(ran)}" if ran else "as the first pass"
         replay = (f"replay with: {command}" if command
-                  else f"reproducer in {directory}" if directory else "no reproducer")
+                  else f"reproducer in {directory}" if directory
+                  else "save a reproducer with --reproducer-dir DIR")
         return PassFailure(
             f"{cause} (pass {p.name} failed {before}; {replay})", pass_name=p.name,
             passes_run=ran, reproducer_dir=directory, command=command,
@@ -210,39 +216,27 @@ def snapshot_program(program: Program) -> Program:
 
 def write_reproducer(program: Program, pipeline: str, directory: Path | None, *,
                      pass_name: str, full_pipeline: str) -> tuple[Path, str | None]:
-    """Write repro.qcir, program.pt2 and pipeline.txt; return the dir and the replay command."""
+    """Write repro.qcir (the IR before the failing pass) with its tensors (repro.safetensors)
+    and pipeline.txt; return the dir and the one `qc-opt repro.qcir -p ...` that replays it."""
     directory = Path(tempfile.mkdtemp(prefix="qc-repro-")) if directory is None else directory
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "pipeline.txt").write_text(pipeline + "\n")
     header = f"// reproducer: the IR before {pass_name}\n// pipeline: {pipeline}\n"
-    try:
-        (directory / "repro.qcir").write_text(header + _ir(program))
-    except Exception as e:
-        (directory / "repro.qcir").write_text(header + f"// (cannot print the IR: {e})\n")
     quoted = f"'{pipeline}'" if "'" not in pipeline else shlex.quote(pipeline)
-    target = directory / "program.pt2"
+    target = directory / "repro.qcir"
     try:
-        _save(program, target)
+        from qcompiler.ir.io import write_ir
+
+        write_ir(program, target, header=header, check=True)
         return directory, f"qc-opt {shlex.quote(str(target))} -p {quoted}"
-    except Exception as e:  # a program that does not re-export can still be replayed from source
-        target.unlink(missing_ok=True)
-        (directory / "program.pt2.txt").write_text(f"not saved: {type(e).__name__}: {e}\n")
+    except Exception as e:  # a program the IR cannot hold can still be replayed from source
+        (directory / "repro.safetensors").unlink(missing_ok=True)
+        target.write_text(header + f"// (cannot write the IR: {type(e).__name__}: {e})\n")
     source = program.source
     if source and (source.startswith("zoo:") or Path(source).exists()):
         full = f"'{full_pipeline}'" if "'" not in full_pipeline else shlex.quote(full_pipeline)
         return directory, f"qc-opt {shlex.quote(source)} -p {full}"
     return directory, None
-
-
-def _save(program: Program, path: Path) -> None:
-    try:
-        from qcompiler.capture import save_exported
-    except ImportError:
-        import torch
-
-        torch.export.save(program.export(), str(path))
-        return
-    save_exported(program, path)
 
 
 # ---- reports -------------------------------------------------------------------------------

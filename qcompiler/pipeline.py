@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from qcompiler.errors import UsageError
+from qcompiler.errors import QCompilerError, UsageError
 from qcompiler.passes_base import Pass
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -124,27 +124,35 @@ def format_pipeline(passes: Sequence[Pass], canonical: bool = False) -> str:
 FORMAT_PASSES = ("lower-datatype", "clip", "gptq", "lorc")
 
 
-def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int | None) -> str:
+def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int | None,
+                     on_indivisible: str | None = None) -> str:
     """The pipeline string the CLI runs, from `--pipeline`, `--format` and `--group-size`.
 
     No `--pipeline`: the format's default pipeline. With one, named pipelines in it are expanded
     and `--format` / `--group-size` fill in the options it does not set on the passes that quantize
     weights to a format (`lower-datatype`, `clip`, `gptq`, `lorc`), so a pipeline can be written
-    once for every format: `--format int4 --pipeline 'fold-norms,gptq,lower-datatype'`.
+    once for every format: `--format int4 --pipeline 'canonicalize,fold-norms,gptq,lower-datatype'`.
+    `--on-indivisible` fills `lower-datatype`'s option of that name the same way.
     """
     from qcompiler import named_pipelines
 
     if not pipeline:
         if format is None:
             return ""
-        return named_pipelines.default_pipeline_for_format(format, group_size)
+        pipeline = named_pipelines.default_pipeline_for_format(format, group_size)
+        if on_indivisible is None:
+            return pipeline
     items = _expand_named(split_pipeline(pipeline), ())
     fill = {"format": format, "group-size": None if group_size is None else str(group_size)}
     out = []
     for item in items:
+        extra: tuple[tuple[str, str], ...] = ()
+        given = {k for k, _ in item.options}
         if item.name in FORMAT_PASSES:
-            given = {k for k, _ in item.options}
             extra = tuple((k, v) for k, v in fill.items() if v is not None and k not in given)
+        if item.name == "lower-datatype" and on_indivisible and "on-indivisible" not in given:
+            extra += (("on-indivisible", on_indivisible),)
+        if extra:
             item = PassSpec(item.name, item.options + extra, item.column)
         out.append(str(item))
     return ",".join(out)
@@ -165,3 +173,30 @@ def _expand_named(items: list[PassSpec], seen: tuple[str, ...]) -> list[PassSpec
         spec = named_pipelines.expand(item.name)
         out.extend(_expand_named(split_pipeline(spec), seen + (item.name,)))
     return out
+
+
+def check_format_options(passes: list[Any]) -> None:
+    """Reject format and group-size options that no model could satisfy, before capture
+    (UsageError, exit 2): `-g 0`, a negative group, a group size the format does not support.
+    Whether a group divides each layer's K can only be known after capture."""
+    from qcompiler import formats
+
+    for p in passes:
+        name, group = getattr(p, "format", None), getattr(p, "group_size", None)
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            fmt = formats.get(name)
+        except QCompilerError as e:
+            raise UsageError(f"{p.name}: {e}") from None
+        if group is None:
+            continue
+        if group <= 0:
+            raise UsageError(f"{p.name}: group size must be a positive number of weights along "
+                             f"K, got {group}; {fmt.name} supports "
+                             f"{', '.join(map(str, fmt.group_sizes))}")
+        per_row = fmt.per_row or fmt.default_group_size is None  # group == K is allowed
+        if group not in fmt.group_sizes and not per_row:
+            raise UsageError(f"{p.name}: format {fmt.name} does not support group size {group} "
+                             f"(allowed: {', '.join(map(str, fmt.group_sizes))}); choose one "
+                             "with --group-size")

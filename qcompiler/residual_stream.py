@@ -7,7 +7,9 @@ use of the stream would see rotated values and make the rewrite inexact. Names d
 model families, so both are found by following the value from the token embedding:
 
 - `find_residual_stream(program)`: embeddings, residual adds, the norms reading the stream,
-  the linears writing into it, the final norm and the LM head.
+  the linears writing into it, the final norm and the LM head. Multiplying the stream by one
+  constant (Gemma's √hidden embedding scale) keeps it the stream; a sum of linear outputs each
+  scaled per token (a dense MoE block's Σ_e r_e · down_e) makes every such linear a writer.
 - `decoder_layers(program)`: per pre-norm block, the q/k/v/o/gate/up/down linears by role
   (e.g. the down projections, where rotate's online Hadamard goes).
 """
@@ -19,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from qcompiler.graph_match import (ADDS, ATTENTION, _is_call, _reaches, is_linear, is_row_view,
-                                   linear_producer, strip_views, value_uses)
+from qcompiler.graph_match import (ADDS, ATTENTION, _is_call, _last_dim, _reaches, is_linear,
+                                   is_row_view, linear_producer, strip_views, value_uses)
 from qcompiler.graph_norms import Norm, find_norms, norm_consumers
 from qcompiler.program import Program
 
@@ -35,9 +37,10 @@ class ResidualStream:
     `nodes` carry the stream's value (embedding sums, residual adds, row views of them and, in
     post-norm models, the norm outputs that are added to). `readers` are pre-norms reading the
     stream; `direct_readers` linears reading it with no norm between (post-norm models);
-    `writers` the linears whose outputs are added into it (o_proj, down_proj); `other_uses`
-    whatever else consumes it. `final_norm`/`lm_head` are the norm and linear producing the
-    output (None for encoders, whose output is the stream itself).
+    `writers` the linears whose outputs are added into it (o_proj, down_proj, MoE experts'
+    down_proj), `writer_paths` the per-token scalings and sums between MoE experts and the
+    residual add; `other_uses` whatever else consumes it. `final_norm`/`lm_head` are the norm
+    and linear producing the output (None for encoders, whose output is the stream itself).
     """
 
     embeddings: list[fx.Node] = field(default_factory=list)
@@ -51,6 +54,7 @@ class ResidualStream:
     final_norm: Norm | None = None
     lm_head: fx.Node | None = None
     output_is_stream: bool = False
+    writer_paths: list[fx.Node] = field(default_factory=list)
 
 
 def _token_embeddings(program: Program) -> list[fx.Node]:
@@ -58,6 +62,45 @@ def _token_embeddings(program: Program) -> list[fx.Node]:
     return [n for n in program.nodes("call_function", aten.embedding.default)
             if isinstance(n.args[0], fx.Node) and n.args[0].op == "get_attr"
             and n.args[1] in placeholders]
+
+
+def _is_scalar_scale(node: fx.Node, stream: fx.Node) -> bool:
+    """`stream · c` for one constant c (Gemma scales its embeddings by √hidden): it commutes
+    with a rotation of the channels, so the product is still the stream."""
+    if not _is_call(node, (aten.mul.Tensor,)) or len(node.args) != 2:
+        return False
+    other = node.args[1] if node.args[0] is stream else node.args[0]
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        return True
+    val = other.meta.get("val") if isinstance(other, fx.Node) else None
+    return (isinstance(other, fx.Node) and other.op == "get_attr"
+            and isinstance(val, torch.Tensor) and val.numel() == 1)
+
+
+def _weighted_sum(root: fx.Node) -> tuple[list[fx.Node], list[fx.Node]] | None:
+    """(linears, the muls/adds between them and `root`) when `root` is a sum of linear outputs
+    each scaled per token (a factor whose last dim is 1), as a dense MoE block computes
+    Σ_e r_e · expert_e(x) (qcompiler/moe.py). Rotating each linear's output rotates the sum."""
+    linears: list[fx.Node] = []
+    path: list[fx.Node] = []
+    todo = [root]
+    while todo:
+        node = strip_views(todo.pop())
+        if is_linear(node):
+            linears.append(node)
+            continue
+        if not (isinstance(node, fx.Node) and len(node.args) == 2
+                and all(isinstance(a, fx.Node) for a in node.args)):
+            return None
+        a, b = node.args
+        if _is_call(node, ADDS):
+            todo += [a, b]
+        elif _is_call(node, (aten.mul.Tensor,)) and (_last_dim(a) == 1) != (_last_dim(b) == 1):
+            todo.append(b if _last_dim(a) == 1 else a)
+        else:
+            return None
+        path.append(node)
+    return (linears, path) if linears and path else None
 
 
 def _output_values(program: Program) -> list[fx.Node]:
@@ -98,8 +141,8 @@ def find_residual_stream(program: Program, norms: list[Norm] | None = None
                     queue.append(norm.output)
                 else:
                     stream.readers.append(norm)
-            elif is_row_view(user) or (_is_call(user, ADDS) and
-                                       all(isinstance(a, fx.Node) for a in user.args[:2])):
+            elif is_row_view(user) or _is_scalar_scale(user, s) or (
+                    _is_call(user, ADDS) and all(isinstance(a, fx.Node) for a in user.args[:2])):
                 queue.append(user)
             elif is_linear(user) and _reaches(user, s, 0):
                 stream.direct_readers.append(user)
@@ -113,12 +156,21 @@ def find_residual_stream(program: Program, norms: list[Norm] | None = None
             if operand in in_stream:
                 continue
             src = strip_views(operand)
+            weighted = None if is_linear(src) else _weighted_sum(src)
             if is_linear(src):
                 stream.writers.append(src)
             elif _is_call(src, (aten.embedding.default,)):
                 stream.embeddings.append(src)
+            elif weighted is not None:  # MoE: expert outputs weighted by the router, summed
+                stream.writers += weighted[0]
+                stream.writer_paths += weighted[1]
             else:
                 stream.other_uses.append(node)
+    allowed = set(stream.adds) | set(stream.writer_paths)
+    for node in stream.writer_paths:  # a partial sum used elsewhere would see rotated values
+        stray = [u for u in value_uses(node) if u not in allowed]
+        if stray:
+            stream.other_uses.append(stray[0])
     outputs = _output_values(program)
     stream.output_is_stream = any(o in in_stream for o in outputs)
     for norm in reversed(stream.readers):

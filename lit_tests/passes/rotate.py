@@ -3,10 +3,10 @@
 # RUN: qc-opt zoo:llama-tiny -p 'canonicalize,fold-norms,rotate{online-down=true}' | FileCheck %s
 # CHECK-LABEL: qc.func @main
 # CHECK: %embedding = aten.embedding(%model_embed_tokens_weight, %input_ids, 0)
-# CHECK: %[[H:.*]] = qc.hadamard(%{{.*}}) : tensor<1x?x256xf32>
-# CHECK-NEXT: %{{.*}} = aten.linear(%[[H]], %model_layers_0_mlp_down_proj_weight) : tensor<1x?x128xf32>
-# CHECK: %[[H1:.*]] = qc.hadamard(%{{.*}}) : tensor<1x?x256xf32>
-# CHECK-NEXT: %{{.*}} = aten.linear(%[[H1]], %model_layers_1_mlp_down_proj_weight) : tensor<1x?x128xf32>
+# CHECK: %[[H:.*]] = qc.hadamard(%{{.*}}) : tensor<?x?x256xf32>
+# CHECK-NEXT: %{{.*}} = aten.linear(%[[H]], %model_layers_0_mlp_down_proj_weight) : tensor<?x?x128xf32>
+# CHECK: %[[H1:.*]] = qc.hadamard(%{{.*}}) : tensor<?x?x256xf32>
+# CHECK-NEXT: %{{.*}} = aten.linear(%[[H1]], %model_layers_1_mlp_down_proj_weight) : tensor<?x?x128xf32>
 # CHECK-NOT: qc.hadamard
 # CHECK: qc.return
 
@@ -17,6 +17,10 @@
 # STATS-NEXT: (S) 36 layers-changed
 # STATS-NEXT: (S) 0 online-hadamards
 # PLAIN-NOT: qc.hadamard
+
+# Tied-embedding models without canonicalize: the missing step, not "no LM head".
+# RUN: %not --code 1 qc-opt zoo:stories260k -p 'rotate' --reproducer-dir %t 2>&1 | FileCheck %s --check-prefix=CANON
+# CANON: error: rotate: run canonicalize first (-p 'canonicalize,fold-norms,rotate'): the graph still has ops that canonicalize removes
 
 # Norm weights must be folded first (stories260k has trained norm weights).
 # RUN: %not --code 1 qc-opt zoo:stories260k -p 'canonicalize,rotate' --reproducer-dir %t 2>&1 | FileCheck %s --check-prefix=UNFOLDED

@@ -29,7 +29,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="HF model dir, .pt2 archive, torch.save'd module, or zoo:NAME")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading a pickled module (runs code from the file)")
+                   help="allow full unpickling of a torch.save'd module or of pickled members "
+                        "of a .pt2 / pytorch_model.bin (runs code from the file)")
 
 
 def add_pass_manager_args(p: argparse.ArgumentParser) -> None:
@@ -50,22 +51,28 @@ def add_pass_manager_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pass-statistics", action="store_true", help="report per-pass statistics")
     g.add_argument("--no-verify", action="store_true", help="do not verify after each pass")
     g.add_argument("--reproducer-dir", metavar="DIR",
-                   help="where to write a reproducer when a pass fails (default: a temp dir)")
+                   help="write a reproducer here when a pass fails (default: none, except "
+                        "for an internal compiler error, kept in a temp dir)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more output on stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """--calib/--calib-samples/--calib-seqlen/--slac: data for clip, gptq, pot-refine, lorc,
-    smooth (see qcompiler/calibration.py); without --calib, sequences sampled from the model."""
+    """--calib/--calib-samples/--calib-seqlen/--calib-sampled/--slac: data for clip, gptq,
+    pot-refine, lorc, smooth (see qcompiler/calibration.py); without --calib, sequences sampled
+    from the model; --calib FILE reads the second half of FILE's lines (held out from eval)."""
     g = p.add_argument_group("calibration (for clip, gptq, pot-refine, lorc, smooth)")
     g.add_argument("--calib", metavar="FILE",
-                   help="calibration text (default: sequences sampled from the model)")
+                   help="calibration text, read from the second half of its lines (held out "
+                        "from `qcompile eval --text FILE`; default: sequences sampled from "
+                        "the model)")
     g.add_argument("--calib-samples", type=int, default=16, metavar="N",
                    help="number of calibration sequences (default 16)")
     g.add_argument("--calib-seqlen", type=int, default=128, metavar="L",
                    help="tokens per calibration sequence; with --slac the target length "
                         "(default 128)")
+    g.add_argument("--calib-sampled", type=int, default=0, metavar="N",
+                   help="with --calib: add N sequences sampled from the model (default 0)")
     g.add_argument("--slac", action="store_true",
                    help="sequence-length-aware calibration: lengths spread up to --calib-seqlen")
 
@@ -75,7 +82,11 @@ def calibration_config(args: argparse.Namespace) -> Any:
     from qcompiler.calibration import CalibrationConfig
 
     kwargs = dict(samples=args.calib_samples, seqlen=args.calib_seqlen, slac=args.slac)
+    if args.calib is None and getattr(args, "calib_sampled", 0):
+        raise UsageError("--calib-sampled mixes sampled sequences into --calib text; without "
+                         "--calib every sequence is sampled: use --calib-samples N")
     if args.calib is not None:
+        kwargs["sampled"] = getattr(args, "calib_sampled", 0)
         return CalibrationConfig.from_file(args.calib, **kwargs)
     return CalibrationConfig(**kwargs)
 

@@ -6,6 +6,12 @@
 Decoders: KL divergence of next-token distributions (mean, 99th percentile), top-1 agreement,
 and perplexity when --text is given; encoders: cosine of mean-pooled embeddings. Without --text
 the sequences are sampled from the reference model (decoders) or random (encoders), seeded.
+
+Perplexity is the standard one (qcompiler/text_data.py): --samples non-overlapping windows of
+--seq-len tokens from the start of the text, every window starting with the tokenizer's BOS
+(--no-bos: none), loss over every predicted token; the table says how the text was cut and
+whether the windows stayed in the first half of the file's lines, which `qcompile --calib`
+on the same file never calibrates on.
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("--reference", "-r", metavar="MODEL",
                    help="the original model (default: the source recorded in the manifest)")
     p.add_argument("--text", metavar="FILE", help="evaluate on this text (adds perplexity)")
-    p.add_argument("--samples", type=int, default=8, help="number of sequences (default 8)")
-    p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument("--samples", type=int, default=8,
+                   help="number of sequences (with --text: windows) (default 8)")
+    p.add_argument("--seq-len", type=int, default=64,
+                   help="tokens per sequence (with --text: window length) (default 64)")
+    p.add_argument("--no-bos", action="store_true",
+                   help="with --text: do not start each window with the tokenizer's BOS")
     p.add_argument("--seed", type=int, default=0, help="seed for sampled/random sequences")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
@@ -74,7 +84,9 @@ def _eval(args) -> int:
 
     result = evaluate(model, run_reference, kind=model.kind, vocab_size=vocab, text=text,
                       tokenizer=tokenizer, samples=args.samples, seq_len=seq_len,
-                      seed=args.seed, bos_token_id=config.get("bos_token_id"))
+                      seed=args.seed, bos_token_id=config.get("bos_token_id"),
+                      bos=not args.no_bos)
+    _add_size(result, Path(args.artifact), reference)
     fmt = model.manifest.get("format") or "?"
     sys.stdout.write(f"{args.artifact} ({fmt}) vs {reference_name}\n{result.table()}")
     if args.json:
@@ -87,6 +99,27 @@ def _eval(args) -> int:
     return common.EXIT_OK
 
 
+def _add_size(result, directory: Path, reference) -> None:
+    """Artifact weights against the fp16 checkpoint (2 bytes per parameter, tied embeddings
+    counted once) and the whole model's bits per parameter."""
+    from qcompiler.artifact import WEIGHTS
+
+    try:
+        size = (directory / WEIGHTS).stat().st_size
+    except OSError:
+        return
+    tensors = reference.tensors()
+    tied = (reference.meta.get("config") or {}).get("tie_word_embeddings")
+    if tied and "lm_head.weight" in tensors and "model.embed_tokens.weight" in tensors:
+        del tensors["lm_head.weight"]  # a tied copy kept under its own name: count it once
+    seen = {(t.data_ptr(), t.numel()): t.numel() for t in tensors.values()
+            if t.is_floating_point()}
+    params = sum(seen.values())
+    if params:
+        result.artifact_bytes, result.fp16_bytes = size, 2 * params
+        result.bits_per_parameter = 8 * size / params
+
+
 def _check_match(model, reference, name: str) -> None:
     """The reference must be the model the artifact was compiled from (same kind and outputs)."""
     import torch
@@ -94,7 +127,7 @@ def _check_match(model, reference, name: str) -> None:
     if reference.kind != model.kind:
         raise QCompilerError(f"{name} is of kind '{reference.kind}' but the artifact is "
                              f"'{model.kind}'; pass the model it was compiled from")
-    ids = reference.example_inputs[0][:, :4].to(model.device)
+    ids = reference.example_inputs[0][:1, :4].to(model.device)
     with torch.no_grad():
         a, b = model(ids), reference(ids)
     if tuple(a.shape) != tuple(b.shape):

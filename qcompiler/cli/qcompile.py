@@ -5,6 +5,7 @@
     qcompile MODEL --format razer4 --emit mlir      print torch-dialect MLIR to stdout
     qcompile eval OUT --reference MODEL             compare against the original model
     qcompile run OUT --prompt "..."                 greedy generation with a compiled model
+    qcompile export OUT --to compressed-tensors -o DIR   for vLLM / transformers
     qcompile formats | qcompile zoo | qcompile pipelines     list what is available
 """
 
@@ -19,6 +20,7 @@ from qcompiler.errors import QCompilerError, UsageError
 SUBCOMMANDS = {
     "eval": "qcompiler.cli.eval_cmd",
     "run": "qcompiler.cli.run_cmd",
+    "export": "qcompiler.cli.export_cmd",
     "formats": "qcompiler.cli.list_cmd",
     "zoo": "qcompiler.cli.list_cmd",
     "pipelines": "qcompiler.cli.list_cmd",
@@ -29,17 +31,20 @@ def build_parser() -> common.ArgumentParser:
     p = common.ArgumentParser(
         prog="qcompile",
         description="Compile a model to 4-bit weights (RaZeR, PoT, FP4, INT4, NF4, MX, NVFP4).",
-        epilog="Subcommands: qcompile eval|run|formats|zoo|pipelines --help",
+        epilog="Subcommands: qcompile eval|run|export|formats|zoo|pipelines --help",
     )
     common.add_model_args(p)
     p.add_argument("--format", "-f", help="target format, e.g. razer4, fp4, int4, pot4, nvfp4")
     p.add_argument("--pipeline", "-p",
                    help="pass pipeline (a named one such as razer4-max, or 'a,b{k=v},c')")
     p.add_argument("--group-size", "-g", type=int, help="quantization group size along K")
+    p.add_argument("--on-indivisible", choices=["error", "pad", "skip"],
+                   help="a layer whose K the group size does not divide: fail (default), "
+                        "zero-pad K (exact), or keep it in fp")
     p.add_argument("-o", "--output", metavar="OUT", help="artifact directory (or file for ir/mlir)")
     p.add_argument("--emit", choices=["artifact", "ir", "mlir"],
                    help="what to produce (default: artifact with -o, else ir on stdout)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT (only an artifact or an empty directory)")
     p.add_argument("--print-pipeline", action="store_true",
                    help="print the pipeline that --format/--pipeline expands to, and exit")
     common.add_pass_manager_args(p)
@@ -65,7 +70,7 @@ def _compile(args) -> int:
                          "or --pipeline SPEC")
     if args.format is not None:
         _check_format(args.format)
-    spec = resolve_pipeline(args.pipeline, args.format, args.group_size)
+    spec = resolve_pipeline(args.pipeline, args.format, args.group_size, args.on_indivisible)
     passes = parse_pipeline(spec)
     if args.print_pipeline:
         print(format_pipeline(passes))

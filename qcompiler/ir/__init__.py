@@ -1,4 +1,5 @@
-"""Our textual IR: printing (and shape inference for nodes that passes create)."""
+"""Our textual IR: printing, shape inference for nodes that passes create, and (in
+qcompiler.ir.io, imported on demand) parsing `.qcir` files back into programs."""
 
 from __future__ import annotations
 

@@ -14,10 +14,15 @@ quantized ops carry format, group size and shape). A weight whose quantized valu
 pass already chose (a weight plan, qcompiler/weight_plan.py) carries `{plan = "razer4 g128 by
 gptq"}` on its param line. We do not use PyTorch's own graph printing,
 whose format changes between releases.
+
+The text parses back (qcompiler/ir/io.py; grammar in docs/CONTRACTS.md): strings are JSON
+strings, the header comments name the tensors file (`tensors=`) and which `?` is which symbol
+(`// dims: input_ids.1=seq:2..4096`), so every constant and type reads back as itself.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -34,17 +39,23 @@ DTYPES = {
 }
 
 
-def print_program(program: Any) -> str:
-    """The whole program as text (a `Program`, or a bare GraphModule)."""
+def print_program(program: Any, tensors: str | None = None) -> str:
+    """The whole program as text (a `Program`, or a bare GraphModule); `tensors` names the
+    safetensors file that holds its tensors (qcompiler/ir/store.py), for the header."""
     gm = program.gm if hasattr(program, "gm") else program
     graph: fx.Graph = gm.graph
     lines: list[str] = []
     source = getattr(program, "source", "")
     kind = getattr(program, "kind", "module")
-    lines.append(f"// qcompiler IR: source={source or '<module>'} kind={kind}")
+    header = f"// qcompiler IR: source={_header_value(source or '<module>')} kind={kind}"
+    lines.append(header + (f" tensors={_header_value(tensors)}" if tensors else ""))
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    dims = [f"{placeholders[d.input_index].name}.{d.dim}={d.name}:{d.min}..{d.max}"
+            for d in getattr(program, "dynamic_dims", []) if d.input_index < len(placeholders)]
+    if dims:
+        lines.append("// dims: " + " ".join(dims))
     for entry in (getattr(program, "meta", {}) or {}).get("quantize_report", []):
         lines.append("// " + entry)
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     output = next(n for n in graph.nodes if n.op == "output")
     sig_in = ", ".join(f"%{n.name}: {type_str(n)}" for n in placeholders)
     sig_out = _result_types(output.args[0])
@@ -55,12 +66,17 @@ def print_program(program: Any) -> str:
         if node.op == "output":
             lines.append(f"  qc.return {_operand(output.args[0])} : {sig_out}")
         elif node.op == "get_attr":
-            lines.append(f'  %{node.name} = qc.param "{node.target}" : {type_str(node)}'
+            lines.append(f'  %{node.name} = qc.param {attr_str(str(node.target))} : {type_str(node)}'
                          + _plan_attr(program, str(node.target)))
         else:
             lines.append(_op_line(node))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _header_value(v: str) -> str:
+    """A header value: as is, or as a JSON string when it holds spaces or quotes."""
+    return json.dumps(v) if not v or any(c in v for c in ' \t"\\') else v
 
 
 def _plan_attr(program: Any, target: str) -> str:
@@ -81,16 +97,17 @@ def type_str(node: fx.Node) -> str:
             val = infer_node_meta(node)
         except Exception:  # a type we cannot infer prints as unknown rather than failing
             val = None
-    return _val_type(val)
+    return val_type(val)
 
 
-def _val_type(val: Any) -> str:
+def val_type(val: Any) -> str:
+    """The IR type of a node's `meta["val"]` (the parser compares re-derived types with it)."""
     if isinstance(val, torch.Tensor):
         dims = "x".join(str(d) if isinstance(d, int) else "?" for d in val.shape)
         dtype = DTYPES.get(val.dtype, str(val.dtype).removeprefix("torch."))
         return f"tensor<{dims}x{dtype}>" if dims else f"tensor<{dtype}>"
     if isinstance(val, (tuple, list)):
-        return "(" + ", ".join(_val_type(v) for v in val) + ")"
+        return "(" + ", ".join(val_type(v) for v in val) + ")"
     if isinstance(val, torch.SymInt):
         return "index"
     if isinstance(val, bool):
@@ -107,7 +124,7 @@ def _op_line(node: fx.Node) -> str:
     args = ", ".join(_operand(a) for a in node.args)
     attrs = ""
     if node.kwargs:
-        attrs = " {" + ", ".join(f"{k} = {_attr(v)}" for k, v in node.kwargs.items()) + "}"
+        attrs = " {" + ", ".join(f"{k} = {attr_str(v)}" for k, v in node.kwargs.items()) + "}"
     return f"  %{node.name} = {name}({args}){attrs} : {type_str(node)}"
 
 
@@ -132,10 +149,11 @@ def _operand(a: Any) -> str:
         return f"%{a.name}"
     if isinstance(a, (tuple, list)):
         return "[" + ", ".join(_operand(x) for x in a) + "]"
-    return _attr(a)
+    return attr_str(a)
 
 
-def _attr(v: Any) -> str:
+def attr_str(v: Any) -> str:
+    """A constant as the IR writes it; the parser reads each form back as the same value."""
     if isinstance(v, fx.Node):
         return f"%{v.name}"
     if isinstance(v, bool):
@@ -145,15 +163,15 @@ def _attr(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        return f'"{v}"'
+        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(_attr(x) for x in v) + "]"
+        return "[" + ", ".join(attr_str(x) for x in v) + "]"
     if isinstance(v, torch.dtype):
         return DTYPES.get(v, str(v).removeprefix("torch."))
     if isinstance(v, (torch.device, torch.memory_format, torch.layout)):
         return f"#{v}"
     if isinstance(v, torch.Tensor):
-        return f"dense<...> : {_val_type(v)}"
+        return f"dense<...> : {val_type(v)}"
     if v is None:
         return "none"
     return str(v)
@@ -164,4 +182,4 @@ def _result_types(result: Any) -> str:
         return type_str(result)
     if isinstance(result, (tuple, list)):
         return "(" + ", ".join(_result_types(r) for r in result) + ")"
-    return _val_type(result)
+    return val_type(result)

@@ -86,8 +86,15 @@ def test_existing_out_needs_force(llama_razer4, tmp_path):
     with pytest.raises(QCompilerError, match="already exists; choose another -o or pass --force"):
         qcompiler.compile(result.program, pipeline="dce", out=out, quiet=True)
     assert (out / "keep.txt").read_text() == "mine"
+    # --force never deletes a directory that is not an artifact: the user's file survives
+    with pytest.raises(QCompilerError, match="is not a qcompiler artifact"):
+        qcompiler.compile(result.program, pipeline="dce", out=out, force=True, quiet=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty directory may be replaced
     qcompiler.compile(result.program, pipeline="dce", out=out, force=True, quiet=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    (out / "stale.txt").write_text("old")  # an artifact may be replaced, whole
+    qcompiler.compile(result.program, pipeline="dce", out=out, force=True, quiet=True)
+    assert not (out / "stale.txt").exists() and (out / "manifest.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directories left
 
 

@@ -165,3 +165,43 @@ def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     compile_fails(["zoo:llama-tiny", "--format", "int4", "-o", str(out)], capsys,
                   f"cannot write {out}: No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--format", "razer4", "-g", "0"], "group size must be a positive number"),
+    (["--format", "int4", "-g", "-32"], "group size must be a positive number"),
+    (["--format", "nvfp4", "-g", "48"], "does not support group size 48 (allowed: 16)"),
+    (["--pipeline", "gptq{format=int5},lower-datatype{format=int4}"], "unknown format 'int5'"),
+])
+def test_bad_format_options_fail_before_capture(argv, fragment, tmp_path, capsys, monkeypatch):
+    """Exit 2 (usage) and no capture at all: the model path does not even need to exist."""
+    import qcompiler.driver as driver
+
+    monkeypatch.setattr(driver, "capture_model", lambda *a, **k: pytest.fail("captured"))
+    code = qcompile.main([str(tmp_path / "no-such-model"), *argv, "-o", str(tmp_path / "out")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_user_error_leaves_no_reproducer_in_tmp(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = qcompile.main(["zoo:llama-tiny", "--pipeline", "pot-refine{format=razer4}",
+                          "--emit", "ir"])
+    err = capsys.readouterr().err
+    assert code == 1 and "qc-repro-" not in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("qc-repro-")]
+
+
+def test_on_indivisible_pad_from_the_command_line(tmp_path, capsys):
+    """stories260k's K = 172 is not a multiple of 32: the error names the flag, the flag pads."""
+    code = qcompile.main(["zoo:stories260k", "--format", "int4", "-g", "32", "--emit", "ir"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--on-indivisible pad" in err
+    out = tmp_path / "out"
+    assert qcompile.main(["zoo:stories260k", "--format", "int4", "-g", "32",
+                          "--on-indivisible", "pad", "-o", str(out), "-q"]) == 0
+    layers = {r["name"]: r for r in json.loads((out / "manifest.json").read_text())["layers"]}
+    assert layers["model.layers.0.mlp.down_proj"]["format"] == "int4"

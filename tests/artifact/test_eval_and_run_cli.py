@@ -94,7 +94,7 @@ def test_run_generates_token_ids(llama_razer4, capsys):
 @pytest.mark.parametrize("argv, code, fragment", [
     (["--prompt", "hi"], 1, "has no tokenizer; give the prompt as token ids with --ids"),
     (["--ids", "1,x"], 2, "--ids expects comma-separated integers"),
-    (["--ids", "99999"], 2, "--ids must be token ids in [0, 512)"),
+    (["--ids", "99999"], 1, "token id 99999 is outside the vocabulary [0, 512)"),  # issue 11
 ])
 def test_run_errors(llama_razer4, capsys, argv, code, fragment):
     assert run_cmd.main([str(llama_razer4[0]), *argv]) == code

@@ -28,7 +28,7 @@ def torch_mlir_opt() -> str:
 
 def test_emitted_mlir_parses(tmp_path):
     text = emit_mlir(zoo.load("llama-tiny"))
-    assert "func.func @main(%arg0: !torch.vtensor<[1,?],si64>)" in text
+    assert "func.func @main(%arg0: !torch.vtensor<[?,?],si64>)" in text  # batch is dynamic
     assert text.count("torch.aten.linear") == 15
     path = tmp_path / "model.mlir"
     path.write_text(text)

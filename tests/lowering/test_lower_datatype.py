@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 
 import pytest
@@ -131,7 +132,8 @@ def test_indivisible_k_is_an_error_naming_the_fix():
         apply(small_program(), "lower-datatype{format=int4,group-size=64}")
     assert str(info.value) == (
         "lower-datatype: group size 64 does not divide K=96 in a; use --group-size 16 or 32, "
-        "or lower-datatype{on-indivisible=skip} to keep such layers in fp")
+        "or --on-indivisible pad (lower-datatype{on-indivisible=pad}) to zero-pad K (exact) or "
+        "--on-indivisible skip to keep such layers in fp")
 
 
 def test_indivisible_skip_and_pad():
@@ -161,7 +163,9 @@ def test_indivisible_skip_and_pad():
 
 def test_stories260k_intermediate_172_needs_skip():
     with pytest.raises(PassError, match=r"does not divide K=172 in model.layers.0.mlp.down_proj; "
-                                   r"no supported group size divides it"):
+                                   r"no supported group size divides it: use "
+                                   r"--on-indivisible pad \(lower-datatype\{on-indivisible=pad"
+                                   r"\}\) to zero-pad K"):
         apply(zoo.load("stories260k"), "lower-datatype{format=razer4,group-size=32}")
     ctx = PassContext()
     program = lower("stories260k", "lower-datatype{format=razer4,group-size=32,search=rtn,"
@@ -195,3 +199,69 @@ def test_pass_manager_names_the_failing_pass(tmp_path):
                                              r"as the first pass; replay with: qc-opt"):
         run_pipeline(small_program(), "lower-datatype{format=int4,group-size=64}",
                      reproducer_dir=tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_non_float_weights_are_kept_and_warned_about(dtype):
+    program = small_program()
+    program.set_tensor("b.weight", torch.ones(32, 64, dtype=dtype))
+    stream = io.StringIO()
+    ctx = PassContext(stream=stream)
+    apply(program, "lower-datatype{format=int4,group-size=32}", ctx)
+    assert op_counts(program) == {"qc.linear_int4": 1, "aten.linear": 1}
+    assert program.get_tensor("b.weight").dtype == dtype  # untouched, not converted
+    name = str(dtype).removeprefix("torch.")
+    row = next(e for e in ctx.report["layers"] if e["name"] == "b")
+    assert row["status"] == "skipped" and row["reason"] == f"{name} weight, not floating point"
+    assert stream.getvalue() == (f"warning: lower-datatype: 1 weight(s) kept in floating point: "
+                                 f"b ({name} weight, not floating point) (all are listed in "
+                                 "the report)\n")
+
+
+class BatchedExperts(torch.nn.Module):
+    """A weight reached through bmm (as transformers' batched_mm experts do): not a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(64, 64)
+        self.experts = torch.nn.Parameter(torch.randn(2, 64, 32))
+
+    def forward(self, x):
+        h = self.proj(x).expand(2, -1, -1)
+        return torch.bmm(h, self.experts)
+
+
+def test_matmul_weights_that_are_not_linears_are_reported():
+    program = capture_module(BatchedExperts(), (torch.randn(1, 4, 64),), dynamic_seq=False)
+    stream = io.StringIO()
+    ctx = PassContext(stream=stream)
+    apply(program, "lower-datatype{format=int4,group-size=32}", ctx)
+    assert op_counts(program) == {"qc.linear_int4": 1}
+    row = ctx.report["layers"][-1]
+    assert row["name"] == "experts" and row["status"] == "skipped" and row["shape"] == [2, 64, 32]
+    assert (row["n"], row["k"]) == (128, 32)  # rows x last dim, as the layer table counts
+    assert row["reason"].startswith("read by aten.bmm (%bmm")
+    assert stream.getvalue().startswith("warning: lower-datatype: 1 weight(s) kept in floating "
+                                        "point: experts (read by aten.bmm (%bmm")
+
+
+def test_layers_skipped_by_pattern_are_a_note_not_a_warning():
+    stream = io.StringIO()
+    ctx = PassContext(stream=stream, verbose=1)
+    lower("llama-tiny", "lower-datatype{format=int4}", ctx)
+    assert stream.getvalue() == ("note: lower-datatype: kept in floating point as asked "
+                                 "(skip/override): lm_head\n")
+
+
+def test_artifact_lists_a_weight_kept_behind_bmm(tmp_path):
+    import json
+
+    import qcompiler
+
+    out = tmp_path / "out"
+    qcompiler.compile(BatchedExperts(), format="int4", group_size=32, out=out, quiet=True,
+                      example_inputs=(torch.randn(1, 4, 64),))
+    layers = {r["name"]: r for r in json.loads((out / "manifest.json").read_text())["layers"]}
+    assert layers["experts"]["format"] == "fp" and layers["proj"]["format"] == "int4"
+    assert layers["experts"]["reason"].startswith("read by aten.bmm")

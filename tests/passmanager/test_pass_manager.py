@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import tempfile
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_failure_writes_a_reproducer_and_prints_the_replay_command(tmp_path, mon
     with pytest.raises(PassFailure) as e:
         pm.run(two_linears())
     repro = tmp_path / "repro"
-    command = f"qc-opt {repro}/program.pt2 -p 'test-fail{{reason=bad group}},dce'"
+    command = f"qc-opt {repro}/repro.qcir -p 'test-fail{{reason=bad group}},dce'"
     assert str(e.value) == (
         "test-fail: bad group; use a smaller group size "
         f"(pass test-fail failed after test-touch,dce; replay with: {command})")
@@ -119,10 +120,10 @@ def test_failure_writes_a_reproducer_and_prints_the_replay_command(tmp_path, mon
     assert ir.startswith("// reproducer: the IR before test-fail\n") and "aten.relu" in ir
     assert "// -----// IR Dump After test-fail Failed //----- //" in stream.getvalue()
 
-    # the command replays the failure: load program.pt2, run pipeline.txt
-    from qcompiler.capture import capture
+    # the command replays the failure: parse repro.qcir (+ its tensors), run pipeline.txt
+    from qcompiler.ir.io import read_ir
 
-    replayed = capture(str(repro / "program.pt2"))
+    replayed = read_ir(repro / "repro.qcir")
     assert "aten.relu" in "\n".join(str(n.target) for n in replayed.graph.nodes)
     with pytest.raises(PassFailure, match="test-fail: bad group"):
         run_pipeline(replayed, (repro / "pipeline.txt").read_text().strip(),
@@ -138,11 +139,25 @@ def test_a_crashing_pass_is_reported_as_an_internal_error(tmp_path):
     assert e.value.internal and isinstance(e.value.__cause__, KeyError)
 
 
-def test_reproducer_defaults_to_a_temp_dir():
+def test_a_user_error_leaves_no_reproducer_unless_asked(tmp_path, monkeypatch):
+    """A failing pass over a user mistake writes nothing to /tmp (each reproducer holds the
+    weights); the message says how to ask for one."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(PassFailure) as e:
         run([Fail()])
-    assert e.value.reproducer_dir is not None and "qc-repro-" in str(e.value.reproducer_dir)
-    assert (e.value.reproducer_dir / "program.pt2").is_file()
+    assert e.value.reproducer_dir is None and list(tmp_path.iterdir()) == []
+    assert str(e.value).endswith("save a reproducer with --reproducer-dir DIR)")
+
+
+def test_a_compiler_bug_keeps_its_reproducer_in_a_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(PassFailure) as e:
+        run([Crash()])
+    directory = e.value.reproducer_dir
+    assert directory is not None and directory.parent == tmp_path
+    assert "qc-repro-" in directory.name and (directory / "repro.qcir").is_file()
+    assert (directory / "repro.safetensors").is_file()
+    assert str(directory) in str(e.value)
 
 
 def test_dump_dir_gets_one_file_per_pass(tmp_path):

@@ -9,6 +9,7 @@ import torch
 from qcompiler import zoo
 from qcompiler.calibration import CalibrationConfig
 from qcompiler.errors import PassError
+from qcompiler.graph_norms import find_norms
 from qcompiler.pass_manager import run_pipeline
 from qcompiler.passes_base import PassContext
 from qcompiler.pipeline import parse_pipeline
@@ -87,3 +88,19 @@ def test_awq_must_run_before_planning_and_lowering():
     run_pipeline(program, "lower-datatype{format=int4,search=rtn}", ctx=ctx())
     with pytest.raises(PassError, match="run awq before lower-datatype"):
         apply(program, "awq{format=int4}")
+
+
+def test_awq_does_not_divide_gemma_offset_norm_weights():
+    """Gemma's norms scale by (1 + w): dividing w by s would not divide the scale, so those
+    groups take an explicit 1/s multiply and the function is kept (smooth's producer check)."""
+    program = load("gemma-tiny")
+    gen = torch.Generator().manual_seed(0)
+    norms = {str(n.weight.target) for n in find_norms(program)}
+    for name in norms:  # HF initializes w = 0; make the norms matter
+        program.set_tensor(name, 0.5 * torch.randn(128, generator=gen))
+    before = {name: program.get_tensor(name).clone() for name in norms}
+    ref = program(IDS)
+    result = apply(program, "awq{format=razer4,group-size=32,grid=4}")
+    assert rel(program(IDS), ref) < 1e-4
+    assert all(torch.equal(program.get_tensor(name), w) for name, w in before.items())
+    assert result.stats["groups-mul"] >= 1

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from qcompiler import zoo
+from qcompiler.errors import PassError
 from qcompiler.graph_norms import find_norms, norm_consumers
 from qcompiler.pass_manager import run_pipeline
 from qcompiler.passes_base import PassContext
@@ -130,3 +131,39 @@ def test_real_checkpoint_through_the_pass_manager():
     assert ctx.report["passes"][-1]["stats"]["norms-folded"] == 11
     assert rel(program(IDS), ref) < 1e-4
     assert "model.embed_tokens.weight" in program.tensors()
+
+
+def test_gemma_one_plus_w_norms_fold_exactly():
+    """Gemma's RMSNorm scales by (1 + w): folded into the linears (the tied LM head untied),
+    leaving w = 0, so the scale is exactly 1; the function is unchanged to 1e-5 (fp32)."""
+    program = load("gemma-tiny")
+    norms = find_norms(program)
+    assert len(norms) == 5 and all(n.offset == 1 for n in norms)
+    assert all(len(norm_consumers(n)[0]) in (1, 2, 3) and not norm_consumers(n)[1]
+               for n in norms)
+    gen = torch.Generator().manual_seed(0)
+    for norm in norms:  # HF initializes w = 0 (scale 1): give the norms work to do
+        t = program.get_tensor(str(norm.weight.target))
+        program.set_tensor(str(norm.weight.target), 0.5 * torch.randn(t.shape, generator=gen))
+    ref = program(IDS)
+    unit = program.clone()
+    for norm in find_norms(unit):
+        unit.set_tensor(str(norm.weight.target), torch.zeros(128))
+    assert rel(unit(IDS), ref) > 1e-2  # the perturbation matters
+
+    result = apply(program, "fold-norms")
+    assert result.stats["norms-folded"] == 5
+    assert rel(program(IDS), ref) < 1e-5
+    for norm in find_norms(program):
+        assert norm.offset == 1
+        assert bool((program.get_tensor(str(norm.weight.target)) == 0).all())  # 1 + w = 1
+    assert not apply(program, "fold-norms").modified  # idempotent
+
+
+@pytest.mark.parametrize("model", ["stories260k", "gemma-tiny"])
+def test_fold_norms_before_canonicalize_names_the_missing_step(model):
+    program = zoo.load(model)  # not canonicalized: casts and asserts hide the norms' linears
+    with pytest.raises(PassError, match=r"^fold-norms: run canonicalize first "
+                                        r"\(-p 'canonicalize,fold-norms'\): the graph still has "
+                                        r"ops that canonicalize removes \(%"):
+        apply(program, "fold-norms")

@@ -166,3 +166,46 @@ def test_hadamard_op_matches_its_matrix():
     y = hadamard_transform(x)
     torch.testing.assert_close(y, (x.double() @ hadamard(256)).float())
     torch.testing.assert_close(hadamard_transform(y), x, rtol=1e-5, atol=1e-5)  # H = Hᵀ = H⁻¹
+
+
+def test_gemma_rotates_after_folding_its_one_plus_w_norms():
+    """Gemma: (1 + w) norms folded to w = 0, embeddings scaled by √hidden (a scalar, which
+    commutes with Q), tied LM head untied by fold-norms; the function is unchanged."""
+    program = load("gemma-tiny")
+    ref = program(IDS)
+    before = program.get_tensor(Q_PROJ).clone()
+    result = apply(program, "rotate")
+    assert result.stats["layers-changed"] == 2 * (3 + 2) + 2 * 2 + 1  # readers + writers
+    assert not torch.allclose(program.get_tensor(Q_PROJ), before)
+    assert rel(program(IDS), ref) < 1e-4
+
+
+@pytest.mark.parametrize("model", ["stories260k", "gemma-tiny"])
+def test_rotate_before_canonicalize_names_the_missing_step(model):
+    """Tied-embedding models used to fail with "no LM head", the wrong cause."""
+    program = zoo.load(model)
+    with pytest.raises(PassError, match=r"^rotate: run canonicalize first "
+                                        r"\(-p 'canonicalize,fold-norms,rotate'\)"):
+        apply(program, "rotate")
+
+
+@pytest.mark.parametrize("model", ["mixtral-tiny", "qwen3-moe-tiny"])
+def test_moe_experts_are_rotated_as_readers_and_weighted_writers(model):
+    """A dense MoE block (qcompiler/moe.py) writes Σ_e r_e · down_e(...) into the stream: each
+    expert's down projection is a writer, the router and gate_up projections are readers."""
+    program = load(model)  # fold-norms folds the stream's norms: routers, experts are linears
+    readers = find_residual_stream(program).readers  # (Qwen3's q/k norms are per head: kept)
+    assert len(readers) == 5 and all(
+        bool((program.get_tensor(str(n.weight.target)) == 1).all()) for n in readers)
+    ref = program(IDS)
+    before = {name: t.clone() for name, t in program.tensors().items()}
+    result = apply(program, "rotate{kind=hadamard,seed=1}")
+    assert rel(program(IDS), ref) < 1e-4
+    n_linears = len(list(program.linears()))
+    assert result.stats["layers-changed"] == n_linears
+    after = program.tensors()
+    changed = [n for n, t in before.items() if t.dim() == 2 and
+               float((after[n] - t).norm() / t.norm()) > 0.5]
+    assert "model.layers.1.mlp.experts.3.down_proj.weight" in changed
+    assert "model.layers.1.mlp.gate.weight" in changed
+    assert len(changed) == n_linears + 1  # every linear and the embedding table

@@ -1,0 +1,55 @@
+"""Dequantize once: `qc.linear_<fmt>` nodes become `aten.linear` on a float weight (CPU decode).
+
+The reference implementation of a quantized linear (qcompiler/ops.py) dequantizes its weight
+at every call: exact, but on the CPU most of a decode step. `dequantize_linears(gm)` computes
+each weight once, with the op's own `dequantize_weight`, stores it as a buffer of `gm` (in the
+activation's dtype, as the op casts it) and calls `aten.linear` on it: the same numbers, at 4
+bytes per weight (float32) on top of the packed codes, which stay shared with the program.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+aten = torch.ops.aten
+
+
+def dequantize_linears(gm: fx.GraphModule) -> None:
+    """qc.linear_<fmt>(x, parts..., bias) -> aten.linear(x, W, bias), W dequantized once by the
+    op's own reference (`qcompiler.ops.dequantize_weight`), so the numbers do not change."""
+    from qcompiler import ops
+
+    for node in list(gm.graph.nodes):
+        fmt = ops.format_of(node.target) if node.op == "call_function" else None
+        if fmt is None:
+            continue
+        x, *parts, bias = node.args
+        tensors = {k: _fetch(gm, p.target) if isinstance(p, fx.Node) else None
+                   for k, p in zip(ops.PARTS, parts)}
+        kw = node.kwargs
+        w = ops.dequantize_weight(fmt, tensors, group_size=kw["group_size"], n=kw["n"],
+                                  k=kw["k"], opts=kw.get("opts", ""))
+        x_val = x.meta.get("val") if isinstance(x, fx.Node) else None
+        dtype = x_val.dtype if isinstance(x_val, torch.Tensor) else torch.float32
+        name = kw["layer"].replace(".", "_") + "_dequantized_weight"
+        gm.register_buffer(name, w.to(dtype))
+        with gm.graph.inserting_before(node):
+            w_node = gm.graph.get_attr(name)
+            if (isinstance(bias, fx.Node) and bias.op == "get_attr"
+                    and _fetch(gm, bias.target).dtype != dtype):
+                bias = gm.graph.call_function(aten.to.dtype, (bias, dtype))
+            new = gm.graph.call_function(aten.linear.default, (x, w_node, bias))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+
+
+def _fetch(gm: torch.nn.Module, target: str) -> torch.Tensor:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
