@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import math
 import operator
+import re
 from typing import Any
 
 import torch
@@ -27,6 +28,19 @@ DEFAULT_RANGE = (2, 4096)
 INIT_ATTRS = ("value", "random")  # a param's inline value or seeded random init (hand-written IR)
 
 
+# What a parsed program may call. Reading a .qcir runs no code, and neither may running the program
+# it describes: only tensor ops of these namespaces (minus the ones that touch files), pure
+# operators and math functions, and a few value builtins.
+PARAM_PART = re.compile(r"(?!__)[A-Za-z0-9_]+")
+OP_NAMESPACES = frozenset({"aten", "prims", "qc"})
+IO_OPS = frozenset({"from_file", "_from_file"})
+PY_OPERATORS = frozenset({
+    "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs",
+    "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "invert", "not_", "truth",
+    "lshift", "rshift", "matmul", "index"})
+PY_BUILTINS = frozenset({"int", "float", "bool", "min", "max", "abs", "round", "len", "sum"})
+
+
 def resolve_op(name: str) -> Any:
     """The torch callable an IR op name stands for; None if there is none."""
     import qcompiler.act_ops  # noqa: F401  (registers the qc ops)
@@ -34,12 +48,18 @@ def resolve_op(name: str) -> Any:
     import qcompiler.ops  # noqa: F401
 
     ns, _, rest = name.partition(".")
-    if ns == "py":
-        return getattr(operator, rest, None) or getattr(math, rest, None) or getattr(
-            builtins, rest, None)
+    if ns == "py":  # an allowlist: a .qcir file must not reach exec, open or attrgetter
+        if rest in PY_OPERATORS:
+            return getattr(operator, rest)
+        if rest in PY_BUILTINS:
+            return getattr(builtins, rest)
+        fn = getattr(math, rest, None)
+        return fn if callable(fn) else None
     if ns == "hop":
         return getattr(torch.ops.higher_order, rest, None)
     op, _, overload = rest.partition(".")
+    if ns not in OP_NAMESPACES or op in IO_OPS:
+        return None
     try:
         packet = getattr(getattr(torch.ops, ns), op)
         return getattr(packet, overload or "default")
@@ -179,6 +199,9 @@ class Builder:
         unknown = set(stmt.kwargs) - set(INIT_ATTRS) - {"plan"}
         if unknown:
             raise self.error(stmt.token, f"unknown qc.param attribute {sorted(unknown)[0]!r}")
+        if not all(PARAM_PART.fullmatch(part) for part in target.split(".")):
+            raise self.error(stmt.token, f"qc.param {target!r}: a parameter name is dotted "
+                                         "words of letters, digits and '_', not starting '__'")
         _set_tensor(root, target, value, self.parameters is None or target in self.parameters,
                     self._wrapped)
         node = self.graph.create_node("get_attr", target, name=stmt.result)
