@@ -15,6 +15,11 @@ HF module is freed, and its maximum RSS over the whole run.
 Sizes (hidden, intermediate, layers, heads, kv heads; vocab 32000, untied head, fp32 in memory):
 0.1B = (768, 2048, 12, 12, 4) -> 125M parameters; 0.5B = (1536, 4096, 16, 12, 4) -> 0.50B.
 The issue's targets for 0.5B: clip under 15 min, gptq under 45 min.
+
+    python bench/calibration_scaling.py --layerwise --sizes 0.5B,1B,3B [--samples 8 --seqlen 128]
+
+measures instead the layer-wise `F-max` compile of a streamed checkpoint and its memory budget
+(bench/layerwise_scaling.py has the details); its rows are a second table in the same file.
 Results: bench/results/calibration_scaling.md (rows keyed by size and pass; a rerun replaces
 its rows), with command, machine, date and versions.
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "calibration_scaling.md"
 ROWS = ROOT / "bench" / "results" / "calibration_scaling.json"
+LAYERWISE_ROWS = ROOT / "bench" / "results" / "calibration_scaling_layerwise.json"
 SIZES = {"0.1B": (768, 2048, 12, 12, 4), "0.5B": (1536, 4096, 16, 12, 4)}
 VOCAB, SAMPLES, SEQLEN = 32000, 32, 512
 TARGET_MIN = {"clip": 15, "gptq": 45}  # the issue's limits for 0.5B, minutes
@@ -150,6 +156,11 @@ def render(rows: list[dict]) -> str:
     if any("cpu_s" not in r or "capture_peak_mib" not in r for r in rows):
         lines += ["", "n/a: the row was recorded before the bench measured that column."]
     lines.append("")
+    if LAYERWISE_ROWS.exists():
+        sys.path.insert(0, str(Path(__file__).parent))
+        import layerwise_scaling
+
+        lines += layerwise_scaling.render(json.loads(LAYERWISE_ROWS.read_text()))
     return "\n".join(lines)
 
 
@@ -163,10 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", default="clip,gptq")
     p.add_argument("--format", default="razer4")
     p.add_argument("--render", action="store_true", help="only rewrite the table from the rows")
+    p.add_argument("--layerwise", action="store_true",
+                   help="measure layer-wise F-max on streamed checkpoints (0.5B, 1B, 3B)")
+    p.add_argument("--samples", type=int, default=8, help="--layerwise: calibration sequences")
+    p.add_argument("--seqlen", type=int, default=128, help="--layerwise: tokens per sequence")
+    p.add_argument("--layers", type=int, default=0,
+                   help="--layerwise: keep this many decoder layers (0: the full depth)")
+    p.add_argument("--calib-inputs", choices=["quantized", "fp"], default="quantized")
     args = p.parse_args(argv)
     if args.render:
         RESULTS.write_text(render(json.loads(ROWS.read_text())))
         return 0
+    if args.layerwise:
+        return _layerwise(args)
     rows = json.loads(ROWS.read_text()) if ROWS.exists() else []
     for size in args.sizes.split(","):
         for pass_name in args.passes.split(","):
@@ -176,6 +196,24 @@ def main(argv: list[str] | None = None) -> int:
                     != (size, pass_name, args.format)] + [row]
             ROWS.write_text(json.dumps(rows, indent=1) + "\n")
             RESULTS.write_text(render(rows))
+    return 0
+
+
+def _layerwise(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import layerwise_scaling
+
+    rows = json.loads(LAYERWISE_ROWS.read_text()) if LAYERWISE_ROWS.exists() else []
+    sequential = args.calib_inputs == "quantized"
+    for size in args.sizes.split(","):
+        row = layerwise_scaling.measure(size, args.format, args.samples, args.seqlen,
+                                        args.layers or None, sequential)
+        print(json.dumps(row), flush=True)
+        key = (row["size"], row["layers"], row["format"], row["sequential"])
+        rows = [r for r in rows
+                if (r["size"], r["layers"], r["format"], r["sequential"]) != key] + [row]
+        LAYERWISE_ROWS.write_text(json.dumps(rows, indent=1) + "\n")
+        RESULTS.write_text(render(json.loads(ROWS.read_text())))
     return 0
 
 

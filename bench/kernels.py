@@ -1,5 +1,10 @@
 """Benchmark the generated fused-dequant kernels against fp16 cuBLAS, on a CUDA GPU.
 
+The one-command GPU run (correctness, Llama-3-8B shapes, decode tok/s, <= 8 minutes, rows
+written as they come) is bench/gpu_all.py; this script is the configurable per-shape table.
+It launches the shipped configs (codegen/tuned/<GPU>.json) or the untuned defaults and does not
+tune unless --autotune is given (an autotune sweep compiles dozens of configs per shape).
+
     python bench/kernels.py                      # Llama-2-7B / Llama-3-8B shapes, M = 1..256
     python bench/kernels.py --e2e                # plus batch-1 decode of a Llama-2-7B-shaped stack
     python bench/kernels.py --interpret-smoke    # CPU: one tiny shape through the same code path
@@ -31,7 +36,8 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 
-LLAMA_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336))
+LLAMA_SHAPES = ((4096, 4096), (1024, 4096), (11008, 4096), (4096, 11008), (14336, 4096),
+                (4096, 14336))
 SMOKE_SHAPES = ((96, 128),)
 M_VALUES = (1, 4, 16, 64, 256)
 SMOKE_M = (1, 16)
@@ -80,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time batch-1 decode through a Llama-2-7B-shaped linear stack")
     parser.add_argument("--e2e-layers", type=int, default=32)
     parser.add_argument("--timer", choices=("cudagraph", "events"), default="cudagraph")
-    parser.add_argument("--no-tune", action="store_true",
-                        help="use the untuned default configs (QCOMPILER_AUTOTUNE=0)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="tune shapes without a shipped config on first use (slow: a "
+                             "sweep of dozens of configs per shape); default: shipped configs "
+                             "or the untuned defaults (QCOMPILER_AUTOTUNE=0)")
     parser.add_argument("--save-tuned", type=Path, default=None,
                         help="write the tuned configs (autotune.json layout) to this file")
     parser.add_argument("--out", type=Path, default=None, help="report path (default: "
@@ -93,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.interpret_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-    if args.no_tune:
-        os.environ["QCOMPILER_AUTOTUNE"] = "0"
+    os.environ["QCOMPILER_AUTOTUNE"] = "1" if args.autotune else "0"
     import torch
 
     if not args.interpret_smoke and not torch.cuda.is_available():
@@ -320,7 +327,9 @@ def _report(rows: list[Row], e2e, copy_gbs: float, args, device) -> str:
 def _config_source(args, device) -> str:
     if device.type != "cuda":
         return "interpreter defaults"
-    return "untuned defaults" if args.no_tune else "autotuned on this GPU (CUDA-graph timing)"
+    if args.autotune:
+        return "shipped configs, else autotuned on this GPU (CUDA-graph timing)"
+    return "shipped configs (codegen/tuned), else untuned defaults"
 
 
 def _target(r: Row) -> str:

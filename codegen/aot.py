@@ -58,11 +58,11 @@ def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target
     if not hasattr(kernel, "arg_names"):
         raise RuntimeError("TRITON_INTERPRET is set: unset it to compile for a GPU target")
     parts = {k: str(dt).removeprefix("torch.") for k, (_, dt) in module.PARTS.items()}
-    y_type = "*fp32" if config["SPLIT_K"] > 1 else _TRITON_TYPES[x_dtype]
     pointers = {"x_ptr": _TRITON_TYPES[x_dtype], "codes_ptr": "*u8",
                 "scales_ptr": _TRITON_TYPES[parts["scales"]], "zeros_ptr": "*u8",
                 "meta_ptr": "*u8", "gscale_ptr": "*fp32", "bias_ptr": _TRITON_TYPES[x_dtype],
-                "y_ptr": y_type}
+                "y_ptr": _TRITON_TYPES[x_dtype],
+                "ws_ptr": "*fp32", "lock_ptr": "*i32"}  # split-K workspace (epilogue.py)
     ints = {"M": "i32", "stride_xm": "i32", "stride_ym": "i32"}
     constants = dict(N=module.N, K=module.K, GROUP_SIZE=module.GROUP_SIZE, BITS=module.BITS,
                      ELEMS_PER_UNIT=module.ELEMS_PER_UNIT, UNIT_LOADS=module.UNIT_LOADS,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompiler.codegen.decode16 import Op, word_program
+from qcompiler.codegen.decode16 import Op, group_program, setup_program, word_program
 from qcompiler.codegen.decode_plan import DecodePlan
 
 def _lut_terms(lut: int, a: str, b: str, c: str, inv: str) -> str:
@@ -43,7 +43,7 @@ def triton_source(plan: DecodePlan) -> str:
     Returns acc + scale * (fp16x2 dot of the word's 8 decoded codes with its 8 activations).
     """
     body = []
-    for op in word_program(plan):
+    for op in setup_program(plan) + group_program(plan) + word_program(plan):
         body += _twin_op(op)
     lines = [
         "@triton.jit",
@@ -108,7 +108,7 @@ def _twin_op(op: Op) -> list[str]:
         return [f"{d} = {s[0]} >> {op.imm}"]
     if op.name == "sub":
         return [f"{d} = ({s[0]} - {s[1]}) & 0xFFFFFFFF"]
-    if op.name == "mov":
+    if op.name in ("mov", "movv"):
         return [f"{d} = w * 0 + {s[0]}"]
     if op.name == "prmt" and len(s) == 3:  # selector in a register: per-lane byte gathers
         parts = [f"_byte({s[0]}, {s[1]}, ({s[2]} >> {4 * k}) & 15) << {8 * k}" for k in range(4)]
@@ -125,7 +125,8 @@ def _twin_op(op: Op) -> list[str]:
                 parts.append(f"((({src} >> {8 * byte}) & 0xFF) << {8 * k})")
         return [f"{d} = ({parts[0]} | {parts[1]}", f"     | {parts[2]} | {parts[3]})"]
     if op.name == "lop3":
-        known = {0xEA: "({0} & {1}) | {2}", 0xC0: "{0} & {1}", 0xFC: "{0} | {1}"}
+        known = {0xEA: "({0} & {1}) | {2}", 0xC0: "{0} & {1}", 0xFC: "{0} | {1}",
+                 0xCA: "({0} & {1}) | ((~{0} & 0xFFFFFFFF) & {2})"}
         if op.imm in known:
             return [f"{d} = " + known[op.imm].format(*s)]
         expr = _lut_terms(op.imm, "_a", "_b", "_c", "(~{} & 0xFFFFFFFF)")
@@ -159,7 +160,7 @@ def emulate(plan: DecodePlan, w: np.ndarray, x: np.ndarray, aux: int | np.ndarra
     for k in range(4):
         regs[f"x{k}"] = xb[..., k]
     regs["acc"] = np.zeros_like(regs["w"]) if acc is None else acc.astype(np.uint32)
-    for op in word_program(plan):
+    for op in setup_program(plan) + group_program(plan) + word_program(plan):
         regs[op.dst] = _np_op(op, regs)
     return regs["acc"]
 
@@ -186,7 +187,7 @@ def _np_op(op: Op, regs: dict[str, np.ndarray]) -> np.ndarray:
             return v[0] >> np.uint32(op.imm)
         if op.name == "sub":
             return (v[0].astype(np.int64) - v[1].astype(np.int64)).astype(np.uint32)
-        if op.name == "mov":
+        if op.name in ("mov", "movv"):
             return np.broadcast_to(np.uint32(op.srcs[0]), regs["w"].shape).copy()
         if op.name == "prmt" and len(v) == 3:
             eight = v[0].astype(np.uint64) | (v[1].astype(np.uint64) << 32)

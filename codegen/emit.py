@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcompiler.codegen import decode16, decode16_sim, dequant, gemm, gemv, gemv16
+from qcompiler.codegen import (decode16, decode16_sim, dequant, gemm, gemm16, gemm16_decode,
+                              gemv, gemv16)
 from qcompiler.codegen.launch import LAUNCHER
 from qcompiler.codegen.specialize import (GEMV_MAX_M, M_BUCKETS, DeviceLimits, KernelKind,
                                           KernelSpec, default_config, kind_for, make_spec)
@@ -75,11 +76,19 @@ def emit_spec(spec: KernelSpec, layers: Sequence[str] = ()) -> KernelSource:
                          + gemv16.render_dot(plan, spec.group_size) + "\n\n\n"
                          + gemv16.render(gemv16_name, plan, dequant.scale_source(plan),
                                          spec.group_size)))
+    gemm16_name = "None"
+    if gemm16.supported(plan):
+        gemm16_name = gemm_name.replace("_gemm_", "_gemm16_", 1)
+        sections.append(("tensor-core GEMM (M > 4): fp16 decode (inline PTX and its Triton "
+                         "twin), from qcompiler.codegen.gemm16",
+                         gemm16_decode.helper_source(plan) + "\n\n" + gemm16.render_asm(plan)
+                         + "\n\n\n" + gemm16.render(gemm16_name, plan)))
     sections += [
         (f"GEMM: M > {GEMV_MAX_M}, tl.dot", gemm.render(gemm_name, plan)
          + f"\n\nGEMV16_KERNEL = {gemv16_name}\nGEMV_FP32_KERNEL = {gemv_name}"
          + f"\nGEMV_KERNEL = {gemv16_name if gemv16_name != 'None' else gemv_name}"
-         + f"\nGEMM_KERNEL = {gemm_name}"),
+         + f"\nGEMM16_KERNEL = {gemm16_name}\nGEMM_FP32_KERNEL = {gemm_name}"
+         + f"\nGEMM_KERNEL = {gemm16_name if gemm16_name != 'None' else gemm_name}"),
         ("launch", LAUNCHER),
     ]
     head = [_header(spec, gemv_name, gemm_name, layers), _docstring(spec),
@@ -152,7 +161,7 @@ def _coerce(item: Any) -> tuple[KernelSpec, tuple[str, ...]]:
 
 
 def _header(spec: KernelSpec, gemv_name: str, gemm_name: str, layers: Sequence[str]) -> str:
-    from qcompiler import __version__
+    from qcompiler.version import __version__
 
     plan = spec.plan
     opts = f" opts={spec.opts}" if spec.opts else ""

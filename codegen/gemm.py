@@ -12,7 +12,8 @@ The dot runs in the activation dtype: fp16 or bf16 tensor cores, and TF32 for fl
 activations (Triton's default input precision; the weights are 4-bit anyway).
 
 Program order is grouped (GROUP_M row tiles walk the same weight columns together) so weight
-tiles are reused from L2. SPLIT_K > 1 (small M only) accumulates with fp32 atomics.
+tiles are reused from L2. SPLIT_K > 1 (small M only) reduces through the epilogue's
+workspace (epilogue.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ KERNEL = Template('''\
 def ${name}(
     # -- pointers -----------------------------------------------------------------------
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, meta_ptr, gscale_ptr, bias_ptr, y_ptr,
+    ws_ptr, lock_ptr,  # split-K workspace and per-tile counters (epilogue.py)
     # -- sizes ----------------------------------------------------------------------------
     M,
     N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr,

@@ -16,8 +16,8 @@ do as little per code as possible. So:
   `group_params_*` once per (row, group), then `dequant_*` runs per code, right before the FMA;
 - fp32 products accumulate elementwise in a register tile and are reduced across lanes once,
   after the loop: a tl.sum per tile put warp shuffles in the hot loop (in the sm_90 SASS they
-  outnumbered the FMAs). With SPLIT_K > 1 the partial sums go to an fp32 output with relaxed
-  atomics (the launcher zero-fills it and casts back).
+  outnumbered the FMAs). With SPLIT_K > 1 the partial tiles meet in a workspace and the
+  last split to arrive reduces them (epilogue.py: one launch, no zero-fill, no cast back).
 
 Cost per code in the sm_90 SASS of the loop (Triton 3.9, M = 1, checked by compiling without a
 GPU): about 7 instructions for int4, 8-9 for fp4 / pot4 / mxfp4, 12-13 for razer4 (the special
@@ -42,6 +42,7 @@ KERNEL = Template('''\
 def ${name}(
     # -- pointers -----------------------------------------------------------------------
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, meta_ptr, gscale_ptr, bias_ptr, y_ptr,
+    ws_ptr, lock_ptr,  # split-K workspace and per-tile counters (epilogue.py)
     # -- sizes ----------------------------------------------------------------------------
     M,
     N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr,

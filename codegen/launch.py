@@ -2,8 +2,12 @@
 
 It makes an emitted file usable on its own: `linear(x, tensors, bias=None, config=None)` checks
 the tensors against the specialization (a wrong shape would read out of bounds, so this is
-cheap insurance), picks GEMV or GEMM by M, allocates the output (fp32 and zero-filled when
-split-K accumulates with atomics) and launches. `config` is a dict as
+cheap insurance), picks GEMV or GEMM by M, allocates the output in the activation dtype and
+launches once. Split-K needs a workspace and per-tile counters (epilogue.py): they are
+allocated once per (device, tiles, split, tile shape), cached in `_WORKSPACES` and reused by
+every later launch (the kernels leave the counters at 0), so a CUDA graph captures fixed
+addresses and nothing is cleared between replays. Launches of one stream never overlap, so
+layers of the same shape can share them. `config` is a dict as
 `KernelConfig.as_launch_dict()` returns; without one, the file's DEFAULT_CONFIGS (the untuned
 rule of specialize.default_config, for an H100-sized GPU) apply. The runtime passes tuned
 configs. The text refers only to the module constants emit.py writes above it.
@@ -39,30 +43,46 @@ def _check(x, tensors, bias):
         raise ValueError(f"{GEMV_NAME}: bias must be a contiguous ({N},) tensor")
 
 
+_WORKSPACES = {}  # (device, tiles, split, BLOCK_M, BLOCK_N) -> (fp32 workspace, int32 counters)
+
+
+def split_k_workspace(device, tiles, split, block_m, block_n):
+    """The split-K workspace [tiles, split, block_m, block_n] and counters [tiles] (zeroed once:
+    every launch leaves them at 0)."""
+    key = (str(device), tiles, split, block_m, block_n)
+    hit = _WORKSPACES.get(key)
+    if hit is None:
+        hit = (torch.empty(tiles * split * block_m * block_n, device=device, dtype=torch.float32),
+               torch.zeros(tiles, device=device, dtype=torch.int32))
+        _WORKSPACES[key] = hit
+    return hit
+
+
 def _launch(kernel, x, tensors, bias, cfg, block_m, m_tiles, extra):
     m = x.shape[0]
     split = cfg["SPLIT_K"]
-    if split > 1:  # partial sums meet in fp32 through atomics
-        y = torch.zeros((m, N), device=x.device, dtype=torch.float32)
-    else:
-        y = torch.empty((m, N), device=x.device, dtype=x.dtype)
+    y = torch.empty((m, N), device=x.device, dtype=x.dtype)
     scales = tensors["scales"]
+    tiles = m_tiles * triton.cdiv(N, cfg["BLOCK_N"])
+    if split > 1:  # partial tiles meet in the workspace; the last split reduces (epilogue.py)
+        ws, locks = split_k_workspace(x.device, tiles, split, block_m, cfg["BLOCK_N"])
+    else:
+        ws, locks = y, y  # never read (SPLIT_K is constexpr 1)
 
     def part(key):  # absent parts are never read (constexpr-disabled): pass any pointer
         t = tensors.get(key)
         return scales if t is None else t
 
-    grid = (m_tiles * triton.cdiv(N, cfg["BLOCK_N"]), split)
-    kernel[grid](
+    kernel[(tiles, split)](
         x, tensors["codes"], scales, part("zeros"), part("meta"), part("global_scale"),
-        scales if bias is None else bias, y,
+        scales if bias is None else bias, y, ws, locks,
         m, N, K, GROUP_SIZE,
         x.stride(0), y.stride(0),
         BITS, ELEMS_PER_UNIT, UNIT_LOADS, HAS_ZERO, HAS_META, HAS_GLOBAL_SCALE, bias is not None,
         BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=split,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **extra,
     )
-    return y if split == 1 else y.to(x.dtype)
+    return y
 
 
 def gemv(x, tensors, bias=None, config=None):
@@ -94,8 +114,21 @@ def gemm(x, tensors, bias=None, config=None):
     m = x.shape[0]
     cfg = config or DEFAULT_CONFIGS["gemm"][_bucket(max(m, GEMV_MAX_M + 1))]
     m_tiles = triton.cdiv(m, cfg["BLOCK_M"])
-    return _launch(GEMM_KERNEL, x, tensors, bias, cfg, cfg["BLOCK_M"], m_tiles,
+    if _use_gemm16(x, tensors, cfg):  # fp16 decode, tensor cores (gemm16.py)
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        return _launch(GEMM16_KERNEL, x, tensors, bias, cfg, cfg["BLOCK_M"], m_tiles,
+                       {"GROUP_M": cfg["GROUP_M"], "USE_ASM": not interpret})
+    return _launch(GEMM_FP32_KERNEL, x, tensors, bias, cfg, cfg["BLOCK_M"], m_tiles,
                    {"GROUP_M": cfg["GROUP_M"]})
+
+
+def _use_gemm16(x, tensors, cfg):
+    """The fp16-decode GEMM serves fp16 activations (QC_GEMM=fp32 forces the fp32 one); it
+    reads the codes as int32 words."""
+    return (GEMM16_KERNEL is not None and x.dtype == torch.float16
+            and K % 8 == 0 and cfg["BLOCK_K"] % 8 == 0
+            and os.environ.get("QC_GEMM", "") != "fp32"
+            and tensors["codes"].data_ptr() % 4 == 0)
 
 
 def linear(x, tensors, bias=None, config=None):

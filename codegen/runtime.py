@@ -10,9 +10,10 @@ per-user cache directory ($QCOMPILER_KERNEL_CACHE, default ~/.cache/qcompiler/ke
 names carry a hash of the source, so a changed generator never reuses a stale file). The runtime
 only ever launches emitted files, so what runs is what an artifact ships.
 
-Configs on CUDA: the tuned-config cache (loaded with the artifact) for this GPU name, else a
-tuning run over `specialize.candidates` (median time in a CUDA graph) whose winner is cached;
-`QCOMPILER_AUTOTUNE=0` skips tuning and uses `specialize.default_config`.
+Configs on CUDA: the tuned-config cache (loaded with the artifact) for this GPU name, else the
+configs shipped for this GPU model (codegen/tuned/*.json: Llama-3-8B shapes, every 4-bit
+format), else a tuning run over `specialize.candidates` (median time in a CUDA graph) whose
+winner is cached; `QCOMPILER_AUTOTUNE=0` skips tuning and uses `specialize.default_config`.
 `save_tuned_configs(dir)` writes the cache next to the kernels. Off CUDA (TRITON_INTERPRET=1,
 tests) the default config for the interpreter is used. The chosen config is memoized per
 (spec, kernel, M bucket, device), so the decode hot path is a couple of dict lookups.
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from qcompiler.codegen import autotune_cache
+from qcompiler.codegen import autotune_cache, tuned
 from qcompiler.codegen.autotune_cache import TunedConfigs
 from qcompiler.codegen.emit import INDEX_FILE, emit_spec
 from qcompiler.codegen.specialize import (DeviceLimits, KernelConfig, KernelKind, KernelSpec,
@@ -151,8 +152,10 @@ def import_kernel_file(path: str | Path) -> ModuleType:
 
 def tune(spec: KernelSpec, module: ModuleType, kind: KernelKind, bucket: int, x: torch.Tensor,
          tensors: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
-         limits: DeviceLimits | None = None) -> tuple[KernelConfig, float]:
-    """Time every candidate config on these inputs (CUDA); return (fastest, its median us).
+         limits: DeviceLimits | None = None,
+         configs: list[KernelConfig] | None = None) -> tuple[KernelConfig, float]:
+    """Time every candidate config (`configs`, default `specialize.candidates`) on these inputs
+    (CUDA); return (fastest, its median us).
 
     Timed inside a CUDA graph (triton.testing.do_bench_cudagraph): a decode GEMV runs for a few
     microseconds, less than a Python launch, so event timing would rank launch overhead.
@@ -163,7 +166,7 @@ def tune(spec: KernelSpec, module: ModuleType, kind: KernelKind, bucket: int, x:
     fn = module.gemv if kind is KernelKind.GEMV else module.gemm
     best: tuple[float, KernelConfig] | None = None
     failures = []
-    for cfg in candidates(spec, kind, bucket, limits):
+    for cfg in configs if configs is not None else candidates(spec, kind, bucket, limits):
         launch = cfg.as_launch_dict()
         try:
             fn(x, tensors, bias, launch)  # compile outside the graph capture
@@ -280,7 +283,7 @@ def _config_for(spec: KernelSpec, module: ModuleType, x: torch.Tensor,
     else:
         gpu = torch.cuda.get_device_name(x.device)
         key = spec.tuning_key(kind, bucket)
-        cfg = _TUNED.get(gpu, key)
+        cfg = _TUNED.get(gpu, key) or tuned.shipped_config(gpu, key)
         if cfg is None:
             limits = DeviceLimits.for_device(x.device)
             if autotune_enabled():

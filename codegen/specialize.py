@@ -28,6 +28,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
+from qcompiler.codegen import gemm16_asm
 from qcompiler.codegen.decode_plan import DecodePlan, normalize_opts, plan_for
 from qcompiler.errors import QCompilerError
 
@@ -41,8 +42,8 @@ class KernelKind(StrEnum):
 
 GEMV_MAX_M = 4
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-TUNING_VERSION = 2  # bump when the kernels change in a way that invalidates tuned configs
-# (2: the M = 1 GEMV is the fp16x2 kernel, gemv16.py)
+TUNING_VERSION = 3  # bump when the kernels change in a way that invalidates tuned configs
+# (2: the M = 1 GEMV is the fp16x2 kernel, gemv16.py; 3: the 4-bit GEMM is gemm16.py)
 
 
 def m_bucket(m: int) -> int:
@@ -279,7 +280,7 @@ def candidates(spec: KernelSpec, kind: KernelKind, bucket: int,
 def _worth_timing(spec: KernelSpec, kind: KernelKind, bucket: int, cfg: KernelConfig,
                   limits: DeviceLimits) -> bool:
     """Drop configs that cannot win: grids of more than 16 waves, and split-K when the grid
-    already covers every SM twice (the split only adds atomics and a zero-fill)."""
+    already covers every SM twice (the split only adds the workspace round trip)."""
     tiles = -(-spec.N // cfg.block_n)
     if kind is KernelKind.GEMM:
         tiles *= -(-bucket // cfg.block_m)
@@ -311,6 +312,10 @@ def default_config(spec: KernelSpec, kind: KernelKind, bucket: int,
     bn = 128 if bucket >= 64 else 64
     bk = min(max(64, 16 * epu), max(k_cap, 16 * epu))
     nw = 8 if bm * bn >= 128 * 128 else 4
+    if gemm16_asm.supported(spec.plan):  # gemm16.py: wide weight tiles amortize the MMA issue
+        bm, bn, bk = min(bm, 64), min(256, max(16, next_pow2(spec.N))), min(128, k_cap)
+        nw = 8 if bn == 128 else 4  # 32 columns per warp fails in Triton 3.9 ("Illegal shared
+        # layout" in OptimizeDotOperands); 16 or 64 compile
     cfg = _fit(spec, kind, bucket, KernelConfig(bm, bn, bk, 1, 8, nw, 3), limits)
     if bucket <= 64:
         tiles = -(-bucket // cfg.block_m) * -(-spec.N // cfg.block_n)

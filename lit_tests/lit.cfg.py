@@ -2,6 +2,7 @@
 # Substitutions: %PYTHON, qcompile, qc-opt, FileCheck (the Python `filecheck` package),
 # and %not (inverts an exit code, for error tests). Feature `gpu` when CUDA is usable;
 # a folder needing it says `config.unsupported = "gpu" not in config.available_features`.
+import glob
 import os
 import shutil
 import subprocess
@@ -28,7 +29,11 @@ def tool(name):
 
 
 config.substitutions.append(("%PYTHON", python))
-config.substitutions.append(("%not", f"{python} -m qcompiler.testing.not_"))
+# Run not_.py as a script: `-m qcompiler.testing.not_` would import the qcompiler package and
+# with it torch (seconds of CPU per error test) just to invert an exit code.
+repo_root = os.path.dirname(config.test_source_root)
+not_script = os.path.join(repo_root, "qcompiler", "testing", "not_.py")
+config.substitutions.append(("%not", f"{python} {not_script}"))
 config.substitutions.append(("qcompile ", tool("qcompile") + " "))
 config.substitutions.append(("qc-opt ", tool("qc-opt") + " "))
 config.substitutions.append(("FileCheck", tool("filecheck")))
@@ -40,8 +45,10 @@ config.environment["HF_HUB_OFFLINE"] = "1"
 config.environment["PYTHONWARNINGS"] = "ignore"
 config.environment["TRITON_INTERPRET"] = "1"
 
+# Without an NVIDIA device node there is no CUDA: skip the torch import (seconds, before any test).
+has_gpu = False
 try:
-    has_gpu = subprocess.run(
+    has_gpu = bool(glob.glob("/dev/nvidia[0-9]*")) and subprocess.run(
         [python, "-c", "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
         capture_output=True, timeout=120,
     ).returncode == 0

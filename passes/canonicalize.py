@@ -170,7 +170,7 @@ class _Linearizer:
             return b
         name = program.add_tensor(f"{target}_t", value.t().contiguous())
         if isinstance(value, torch.nn.Parameter):
-            owner, attr = program._owner(name)
+            owner, attr = program.owner_of(name)
             owner._parameters[attr] = torch.nn.Parameter(owner._buffers.pop(attr),
                                                          requires_grad=False)
         with program.graph.inserting_after(b):

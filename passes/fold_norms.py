@@ -47,7 +47,7 @@ def new_tensor(program: Program, name: str, value: torch.Tensor, like: Any = Non
     """Add `value` under a unique name derived from `name`, a Parameter if `like` is one."""
     name = program.add_tensor(name, value)
     if isinstance(like, torch.nn.Parameter):
-        owner, attr = program._owner(name)
+        owner, attr = program.owner_of(name)
         owner._parameters[attr] = torch.nn.Parameter(owner._buffers.pop(attr),
                                                      requires_grad=False)
     return name

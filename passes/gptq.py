@@ -2,6 +2,7 @@
 
     gptq{format=razer4}                            group 128, block 128, damp 0.01
     gptq{format=pot4,group-size=64,act-order=true}
+    gptq{format=int4-sym,group-size=32,search=half-step,act-order=true}
 
 For each selected linear, the Hessian H = Σ xᵀx of its input over the calibration data
 (qcompiler/calibration.py; q/k/v and gate/up share theirs) drives the GPTQ loop of
@@ -42,7 +43,9 @@ class Gptq(Pass):
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
-    search: Literal["clip", "rtn"] | None = None  # how each group's scale is chosen
+    # how each group's scale is chosen: the format's default, rtn, clip, or half-step (grid
+    # formats: no element off the grid by more than half a step; qcompiler/gptq_core.py)
+    search: Literal["clip", "rtn", "half-step"] | None = None
     skip: tuple[str, ...] = DEFAULT_SKIP
 
     def __post_init__(self) -> None:

@@ -277,8 +277,8 @@ class LowerDatatype(Pass):
                                       "k": q.shape[1], "layer": layer}
             if q.opts:
                 kwargs["opts"] = encode_opts(q.opts)
-            new = graph.call_function(linear_op(q.format), (x, *operands, bias), kwargs)
-            new._rename(op_name(q.format))  # %linear_razer4, not %linear_razer4_default
+            new = graph.create_node("call_function", linear_op(q.format), (x, *operands, bias),
+                                    kwargs, name=op_name(q.format))  # not %linear_razer4_default
         for key in KEEP_META:
             if key in node.meta:
                 new.meta[key] = node.meta[key]

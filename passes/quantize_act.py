@@ -84,10 +84,9 @@ class QuantizeAct(Pass):
             q = shared.get(x)
             if q is None:
                 with graph.inserting_after(x):
-                    q = graph.call_function(quantize_act, (x,), {
+                    q = graph.create_node("call_function", quantize_act, (x,), {
                         "format": self.format, "granularity": self.granularity,
-                        "pow2_scale": self.pow2_scale})
-                q._rename(f"{x.name}_q")
+                        "pow2_scale": self.pow2_scale}, name=f"{x.name}_q")
                 infer_node_meta(q)
                 shared[x] = q
             node.replace_input_with(x, q)

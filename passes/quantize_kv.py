@@ -164,9 +164,9 @@ class QuantizeKV(Pass):
                 if len(users) == 1 and users[0].target == quantize_kv:
                     continue  # already quantized
                 with program.graph.inserting_after(cached):
-                    q = program.graph.call_function(quantize_kv, (cached,), {
-                        "format": fmt.name, "group_size": group, "layer": layer_name(proj)})
-                q._rename(f"{cached.name}_kv")
+                    q = program.graph.create_node("call_function", quantize_kv, (cached,), {
+                        "format": fmt.name, "group_size": group, "layer": layer_name(proj)},
+                        name=f"{cached.name}_kv")
                 infer_node_meta(q)
                 cached.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
                 changed += 1

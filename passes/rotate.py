@@ -181,8 +181,7 @@ def _insert_hadamard(program: Program, linear: fx.Node) -> None:
 
     x = linear.args[0]
     with program.graph.inserting_before(linear):
-        node = program.graph.call_function(hadamard_op(), (x,))
-    node._rename("hadamard")
+        node = program.graph.create_node("call_function", hadamard_op(), (x,), name="hadamard")
     for key in ("stack_trace", "nn_module_stack"):
         if key in linear.meta:
             node.meta[key] = linear.meta[key]

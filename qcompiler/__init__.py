@@ -7,8 +7,8 @@ from __future__ import annotations
 from qcompiler.capture import capture
 from qcompiler.errors import QCompilerError
 from qcompiler.program import Program
+from qcompiler.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Program", "QCompilerError", "__version__", "capture", "compile", "load"]
 
 

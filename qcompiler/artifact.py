@@ -4,6 +4,8 @@
       manifest.json        format, pipeline, versions, per-layer formats and shapes, file hashes
       program.pt2          the quantized program (torch.export archive, tensors stubbed out)
       weights.safetensors  every tensor of the program: packed codes, scales, fp norms/embeddings
+                           (unquantized fp32 tensors as bf16/fp16 when that is exact, see
+                           qcompiler.storage_dtype; the manifest's tensor table says which)
       report.json          per-layer quantization error and per-pass statistics
       kernels/             one generated Triton kernel per layer shape (when codegen is present)
       tokenizer/           the model's tokenizer files, when the source had them
@@ -43,7 +45,8 @@ import torch
 from qcompiler.errors import QCompilerError
 from qcompiler.program import Program
 
-ARTIFACT_VERSION = 2  # 2: mandatory tensor table in the manifest
+ARTIFACT_VERSION = 3  # 2: mandatory tensor table; 3: tensors stored narrower than loaded
+READABLE_VERSIONS = (2, 3)  # a version-2 artifact is a version 3 with no narrowed tensor
 MANIFEST, PROGRAM, REPORT = "manifest.json", "program.pt2", "report.json"
 MAX_MANIFEST_BYTES = 64 << 20
 BUILD = "build.json"  # run-dependent facts: not hashed, not part of the byte-identical set
@@ -90,8 +93,13 @@ def write_artifact(
 
 def _write_contents(program: Program, tmp: Path, *, pipeline: str, format: str,
                     report: dict[str, Any], build: dict[str, Any], progress: Any) -> None:
+    from qcompiler.storage_dtype import cast_blocks, storage_dtypes
+
     tensors = program.tensors()
-    save_safetensors(tmp / WEIGHTS, tensors, lambda name: _tensor_value(program, name),
+    stored_as = storage_dtypes(program, tensors)
+    stored = {name: _stub(t, stored_as[name]) for name, t in tensors.items()}
+    save_safetensors(tmp / WEIGHTS, stored,
+                     lambda name: cast_blocks(_tensor_value(program, name), stored_as[name]),
                      metadata={"format": format, "artifact_version": str(ARTIFACT_VERSION)},
                      progress=progress)
     save_program(program, tmp / PROGRAM)
@@ -107,9 +115,10 @@ def _write_contents(program: Program, tmp: Path, *, pipeline: str, format: str,
         "versions": versions(),
         "model": model_info(program),
         "layers": layers,
-        "summary": _summary(layers, tensors),
+        "summary": {**_summary(layers, stored),
+                    **size_summary((tmp / WEIGHTS).stat().st_size, report.get("model_parameters"))},
         "kernels": kernels,
-        "tensors": tensor_table(tensors),
+        "tensors": tensor_table(stored, tensors),
         "files": file_hashes(tmp),
         "build_file": BUILD,
     }
@@ -193,7 +202,7 @@ def _tensor_value(program: Program, name: str) -> torch.Tensor | Iterable[torch.
 
 def save_program(program: Program, path: Path) -> None:
     """torch.export.save the program with every tensor stubbed (values live in safetensors)."""
-    from qcompiler.capture import EXTRA_FILE, _program_meta
+    from qcompiler.capture import EXTRA_FILE, program_meta
 
     ep = program.export()
     for node in ep.graph.nodes:  # provenance holds Python object ids and local file paths
@@ -208,7 +217,7 @@ def save_program(program: Program, path: Path) -> None:
     meta["tensors_file"] = WEIGHTS  # the values of the stubs: load through qcompiler.load
     shell = Program(program.gm, program.example_inputs, program.input_names,
                     program.dynamic_dims, program.kind, program.source, meta)
-    extra = {EXTRA_FILE: json.dumps(_program_meta(shell), sort_keys=True)}
+    extra = {EXTRA_FILE: json.dumps(program_meta(shell), sort_keys=True)}
     with warnings.catch_warnings():  # torch warns that stubs are not "complete" tensors
         warnings.simplefilter("ignore")
         torch.export.save(ep, str(path), extra_files=extra)
@@ -219,15 +228,23 @@ def safetensors_dtype(dtype: torch.dtype) -> str | None:
     return _ST_DTYPES.get(dtype)
 
 
-def tensor_table(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
-    """name -> safetensors dtype and shape: what `load` checks the weights file against."""
-    return {name: {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape)}
-            for name, t in sorted(tensors.items())}
+def tensor_table(stored: dict[str, torch.Tensor],
+                 loaded: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
+    """name -> safetensors dtype and shape: what `load` checks the weights file against; plus
+    `load_as`, the program's dtype, for a tensor stored narrower than the program uses it."""
+    table = {}
+    for name, t in sorted(stored.items()):
+        entry: dict[str, Any] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape)}
+        wide = (loaded or {}).get(name)
+        if wide is not None and wide.dtype != t.dtype:
+            entry["load_as"] = _ST_DTYPES[wide.dtype]
+        table[name] = entry
+    return table
 
 
-def _stub(t: torch.Tensor) -> torch.Tensor:
-    """A tensor with t's shape and dtype backed by a single element (stride 0)."""
-    stub = torch.zeros((), dtype=t.dtype).expand(t.shape)
+def _stub(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tensor with t's shape (and dtype, unless given) backed by a single element (stride 0)."""
+    stub = torch.zeros((), dtype=dtype or t.dtype).expand(t.shape)
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(stub, requires_grad=False)
     return stub
@@ -310,13 +327,15 @@ def model_info(program: Program) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    import qcompiler
+    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"qcompiler": qcompiler.__version__, "torch": torch.__version__}
+    from qcompiler.version import __version__
+
+    out = {"qcompiler": __version__, "torch": torch.__version__}
     for name in ("transformers", "safetensors", "triton"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # an optional package missing is not an error
+        try:  # the installed version, without importing the package (transformers: ~1.5 s)
+            out[name] = version(name)
+        except PackageNotFoundError:  # an optional package missing is not an error
             out[name] = "absent"
     return out
 
@@ -333,9 +352,29 @@ def _summary(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> 
     }
 
 
+def size_summary(weights_bytes: int, parameters: int | None) -> dict[str, Any]:
+    """The artifact's weights against the model's fp16 checkpoint (2 bytes per parameter) and
+    its bits per parameter, embeddings and norms included (the whole-model figure)."""
+    out: dict[str, Any] = {"weights_bytes": weights_bytes}
+    if parameters:
+        out.update(parameters=parameters, fp16_bytes=2 * parameters,
+                   bits_per_parameter=round(8 * weights_bytes / parameters, 3))
+    return out
+
+
+def size_line(summary: dict[str, Any]) -> str:
+    """'1.23 MB, 4.51 bits/parameter (fp16 checkpoint 4.36 MB: 3.5x smaller)' from a summary."""
+    mb = summary["weights_bytes"] / 1e6
+    if not summary.get("parameters"):
+        return f"{mb:.2f} MB of weights"
+    fp16 = summary["fp16_bytes"] / 1e6
+    return (f"{mb:.2f} MB, {summary['bits_per_parameter']:.2f} bits/parameter (fp16 checkpoint "
+            f"{fp16:.2f} MB: {fp16 / mb:.1f}x smaller)")
+
+
 def _deterministic_report(report: dict[str, Any], pipeline: str, format: str) -> dict[str, Any]:
     """The pass report without wall times (those go to build.json)."""
-    from qcompiler.capture import _jsonable
+    from qcompiler.capture import jsonable
 
     out = {k: v for k, v in report.items() if k != "passes"}
     out["passes"] = [{k: v for k, v in p.items() if k != "seconds"}
@@ -346,7 +385,7 @@ def _deterministic_report(report: dict[str, Any], pipeline: str, format: str) ->
         "mean_rel_error": float(f"{sum(errors) / len(errors):.6g}") if errors else None,
         "max_rel_error": max(errors) if errors else None,
     }
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def _pass_seconds(report: dict[str, Any]) -> list[list[Any]]:
@@ -413,7 +452,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise QCompilerError(f"{file} is not a manifest (not a JSON object); recompile the "
                              "artifact")
     version = manifest.get("artifact_version")
-    if version != ARTIFACT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise QCompilerError(f"{directory} has artifact version {version}, this qcompiler reads "
                              f"{ARTIFACT_VERSION}; recompile it")
     return manifest

@@ -29,6 +29,8 @@ from qcompiler.errors import QCompilerError
 
 MANIFEST, BUILD = "manifest.json", "build.json"
 REQUIRED = ("program.pt2", "weights.safetensors", "report.json")
+# stored dtype -> the dtypes `load` may widen it to (manifest `load_as`): exact widenings only
+WIDENS = {"BF16": ("F32",), "F16": ("F32",)}
 MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is not ours
 ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
               "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -98,11 +100,21 @@ def check_tensor_table(directory: Path, manifest: dict[str, Any]) -> dict[str, A
         raise _bad(directory, f"tensor {extra[0]} is in only one of manifest.json and "
                               "weights.safetensors")
     for name, entry in table.items():
-        if entry != {"dtype": header[name]["dtype"], "shape": header[name]["shape"]}:
+        if not _entry_matches(entry, header[name]):
             raise _bad(directory, f"tensor {name}: manifest.json says {entry}, "
                                   f"weights.safetensors says {header[name]['dtype']} "
                                   f"{header[name]['shape']}")
     return table
+
+
+def _entry_matches(entry: Any, header_entry: dict[str, Any]) -> bool:
+    """A table entry names the header's dtype and shape, plus at most an exact widening."""
+    if not isinstance(entry, dict):
+        return False
+    stored = {k: v for k, v in entry.items() if k != "load_as"}
+    if stored != {"dtype": header_entry["dtype"], "shape": header_entry["shape"]}:
+        return False
+    return "load_as" not in entry or entry["load_as"] in WIDENS.get(entry["dtype"], ())
 
 
 def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:

@@ -242,7 +242,7 @@ def program_tokenizer(program: Any) -> Any:
     directory = program.meta.get("model_dir")
     if not directory:
         return None
-    from qcompiler.runtime import load_tokenizer
+    from qcompiler.hf_tokenizer import load_tokenizer
 
     return load_tokenizer(Path(directory))
 

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler.errors import CaptureError
+from qcompiler.graph_copy import copy_with_names
 from qcompiler.program import DynamicDim, ModelKind, Program
 
 EXTRA_FILE = "qcompiler.json"  # our metadata inside a .pt2 archive (torch.export extra_files)
@@ -136,7 +137,7 @@ def capture_hf_dir(path: Path, *, dynamic_seq: bool = True, trust_pickle: bool =
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
-        raise CaptureError(f"{path}/config.json is not a usable model config: {_first_line(e)}")
+        raise CaptureError(f"{path}/config.json is not a usable model config: {first_line(e)}")
     kind = hf_kind(config)
     auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
     guard = contextlib.nullcontext() if trust_pickle else weights_only_unpickling()
@@ -149,7 +150,7 @@ def capture_hf_dir(path: Path, *, dynamic_seq: bool = True, trust_pickle: bool =
                            "loading them runs code. Re-run with --trust-pickle if you trust "
                            "them, or convert the checkpoint to safetensors") from None
     except Exception as e:  # transformers raises many types for a broken checkpoint
-        raise CaptureError(f"cannot load the weights in {path}: {_first_line(e)}")
+        raise CaptureError(f"cannot load the weights in {path}: {first_line(e)}")
     program = capture_hf_model(hf, source=str(path))
     program.meta["model_dir"] = str(path.resolve())
     return program
@@ -222,7 +223,7 @@ def _capture_pickle(path: Path, example_inputs: Any, *, dynamic_seq: bool) -> Pr
     try:
         obj = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as e:
-        raise CaptureError(f"cannot unpickle {path}: {_first_line(e)}")
+        raise CaptureError(f"cannot unpickle {path}: {first_line(e)}")
     if not isinstance(obj, torch.nn.Module):
         raise CaptureError(
             f"{path} holds a {type(obj).__name__}, not a module; save the model with "
@@ -235,7 +236,7 @@ def _capture_pickle(path: Path, example_inputs: Any, *, dynamic_seq: bool) -> Pr
 def save_exported(program: Program, path: str | os.PathLike) -> None:
     """Save a Program as a torch.export archive that `capture` reads back losslessly."""
     ep = program.export()
-    extra = {EXTRA_FILE: json.dumps(_program_meta(program), sort_keys=True)}
+    extra = {EXTRA_FILE: json.dumps(program_meta(program), sort_keys=True)}
     torch.export.save(ep, str(path), extra_files=extra)
 
 
@@ -252,7 +253,7 @@ def load_exported(path: Path, *, trust_pickle: bool = False) -> Program:
     except CaptureError:
         raise
     except Exception as e:
-        raise CaptureError(f"{path} is not a readable torch.export archive: {_first_line(e)}")
+        raise CaptureError(f"{path} is not a readable torch.export archive: {first_line(e)}")
     info = json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
     gm = ep.module()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -266,7 +267,7 @@ def load_exported(path: Path, *, trust_pickle: bool = False) -> Program:
     return program
 
 
-def _program_meta(program: Program) -> dict[str, Any]:
+def program_meta(program: Program) -> dict[str, Any]:
     return {
         "input_names": list(program.input_names),
         "kind": program.kind,
@@ -276,7 +277,7 @@ def _program_meta(program: Program) -> dict[str, Any]:
              "high": int(t.max()) + 1 if not t.is_floating_point() and t.numel() else 0}
             for t in program.example_inputs
         ],
-        "meta": _jsonable(program.meta),
+        "meta": jsonable(program.meta),
     }
 
 
@@ -320,7 +321,7 @@ def _export(module, inputs, names, dims, kind, source, strip_prefix="") -> Progr
             )
     except Exception as e:
         raise CaptureError(
-            f"torch.export failed on {source or type(module).__name__}: {_first_line(e)}"
+            f"torch.export failed on {source or type(module).__name__}: {first_line(e)}"
         )
     return _normalize(ep.module(), inputs, names, dims, kind, source, strip_prefix)
 
@@ -331,6 +332,7 @@ def _normalize(gm, inputs, names, dims, kind, source, strip_prefix) -> Program:
     runtime guard module; the output is the bare tensor(s)."""
     graph = gm.graph
     root: dict[str, Any] = {}
+    new_names: dict[fx.Node, str] = {}
     for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target).startswith("_guards"):
             graph.erase_node(node)
@@ -339,11 +341,11 @@ def _normalize(gm, inputs, names, dims, kind, source, strip_prefix) -> Program:
             target = str(node.target).removeprefix(strip_prefix)
             root[target] = value
             node.target = target
-            node._rename(target.replace(".", "_"))
+            new_names[node] = target.replace(".", "_")
     for p, name in zip([n for n in graph.nodes if n.op == "placeholder"], names):
         p.target = name
-        p._rename(name)
-    graph._codegen = fx.graph.CodeGen()
+        new_names[p] = name
+    graph = copy_with_names(graph, new_names)  # public fx API; default codegen (no pytree)
     out = next(n for n in graph.nodes if n.op == "output")
     result = out.args[0]
     while isinstance(result, (tuple, list)) and len(result) == 1:
@@ -416,16 +418,16 @@ def _register_custom_ops() -> None:
         pass
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]

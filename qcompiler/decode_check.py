@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from qcompiler.decode_program import DecodeUnsupported
+from qcompiler.errors import DecodeUnsupported
 
 PROBE_LEN = 8
 PROBE_RTOL = 1e-4

@@ -41,16 +41,12 @@ import torch
 import torch.fx as fx
 
 from qcompiler.dequantized_linears import dequantize_linears
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import DecodeUnsupported
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
 RESHAPES = (aten.reshape.default, aten.view.default, aten._unsafe_view.default)
 INPUTS = ("input_ids", "position_ids", "cache_position", "attn_mask")
-
-
-class DecodeUnsupported(QCompilerError):
-    """The graph has no shape this module knows how to give a KV cache."""
 
 
 @dataclass
@@ -83,7 +79,7 @@ def build_decode_program(program: Any, *, dequantize_weights: bool = False,
     and raises DecodeUnsupported unless the logits agree to PROBE_RTOL: an architecture the
     rewrite gets wrong falls back to the uncached loop instead of generating wrong tokens."""
     from qcompiler.decode_check import check_on_probe
-    from qcompiler.runtime import retarget_graph
+    from qcompiler.devices import retarget_graph
 
     decoder = _build(program, dequantize_weights)
     device = next(iter(program.gm.buffers()), torch.empty(0)).device

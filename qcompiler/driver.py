@@ -66,6 +66,8 @@ def compile(
     stream: bool | None = None,
     example_inputs: Any = None,
     calibration: Any = None,
+    layerwise: bool | None = None,
+    sequential: bool = True,
     **pass_manager_options: Any,
 ) -> CompileResult:
     """Compile `model` (path, zoo:NAME, nn.Module or Program) to `format` or by `pipeline`.
@@ -75,7 +77,11 @@ def compile(
     `result.text` and write it to `out` when given. A Program passed in is compiled in place.
     calibration: a `qcompiler.calibration.CalibrationConfig` for the calibrated passes (clip,
     gptq, pot-refine, lorc, smooth); None means the default (16 sequences of 128 tokens sampled
-    from the model). Other keyword arguments go to the PassManager (print_ir_after_all=True, ...).
+    from the model). layerwise: run the calibrated passes one decoder layer at a time over the
+    streamed checkpoint (docs/LAYERWISE.md); None: whenever the compile streams. sequential: in
+    that mode, each layer calibrates on the outputs of the already-quantized layers before it
+    (False: on the fp model's). Other keyword arguments go to the PassManager
+    (print_ir_after_all=True, ...).
     """
     from qcompiler.pass_manager import PassManager
     from qcompiler.passes_base import PassContext
@@ -96,15 +102,28 @@ def compile(
     if out is not None and emit != "program":
         check_output(Path(out), force, artifact=emit == "artifact")
 
+    from qcompiler.layerwise import run_layerwise, wants_layerwise
+
+    if layerwise and stream is None:
+        stream = True
     program = capture_model(model, stream=stream, trust_pickle=trust_pickle,
                             example_inputs=example_inputs)
     ctx = PassContext(verbose=verbose, quiet=quiet, calibration=calibration)
-    program = PassManager(passes, **pass_manager_options).run(program, ctx)
+    ctx.report["model_parameters"] = count_parameters(program)  # before passes add or drop any
+    by_layer = bool(layerwise is not False and program.meta.get("lazy_tensors")
+                    and wants_layerwise(passes))
+    if by_layer:
+        program = run_layerwise(program, passes, ctx, sequential=sequential,
+                                **pass_manager_options)
+    else:
+        program = PassManager(passes, **pass_manager_options).run(program, ctx)
     result = CompileResult(program, pipeline_text, fmt, ctx.report)
 
     if emit == "artifact":
         build = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                  "streamed": bool(program.meta.get("lazy_tensors") is not None)}
+        if by_layer:  # build.json: how it ran, not what it computed
+            build["layerwise"] = "sequential" if sequential else "fp-statistics"
         result.path = _write(program, Path(out), pipeline_text, fmt, ctx, force, build, start)
     elif emit in ("ir", "mlir"):
         if emit == "ir":
@@ -189,6 +208,16 @@ def capture_model(model: Any, *, stream: bool | None = None, trust_pickle: bool 
     return capture(model, example_inputs, trust_pickle=trust_pickle)
 
 
+def count_parameters(program: Program) -> int:
+    """Floating-point parameters of the captured model, a tensor shared by two names (tied
+    embeddings) counted once: the denominator of the artifact's bits per parameter."""
+    seen = {}
+    for t in program.tensors().values():
+        if t.is_floating_point():
+            seen[(t.data_ptr(), t.numel(), tuple(t.shape))] = t.numel()
+    return sum(seen.values())
+
+
 def trim_heap() -> None:
     """Give freed heap memory back to the OS (glibc `malloc_trim`).
 
@@ -233,14 +262,14 @@ def capture_streaming(directory: Path) -> Program:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    from qcompiler.capture import _first_line, capture_hf_model, hf_kind
+    from qcompiler.capture import capture_hf_model, first_line, hf_kind
 
     transformers.utils.logging.set_verbosity_error()
     try:
         config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
     except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
         raise CaptureError(f"{directory}/config.json is not a usable model config: "
-                           f"{_first_line(e)}")
+                           f"{first_line(e)}")
     index = checkpoint_index(directory)
     kind = hf_kind(config)
     auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
@@ -329,18 +358,21 @@ def load_lazy_tensor(program: Program, name: str, *, keep: bool = True) -> torch
     from safetensors import safe_open
 
     trim_heap()
-    shard, key = program.meta["lazy_tensors"][name]
+    entry = program.meta["lazy_tensors"][name]
+    shard, key = entry
     standin = program.get_tensor(name)
+    finish = getattr(entry, "finish", None)  # a layer-wise compile's folded transforms
+    expected = tuple(entry.root_shape) if finish else tuple(standin.shape)
     try:
         with safe_open(shard, framework="pt") as f:
             value = f.get_tensor(key)
     except Exception as e:  # a shard that changed or broke since capture
         raise QCompilerError(f"cannot read {key} from {shard}: {str(e).splitlines()[0]}") from None
-    if tuple(value.shape) != tuple(standin.shape):
+    if tuple(value.shape) != expected:
         raise QCompilerError(f"{key} in {shard} has shape {tuple(value.shape)}, the model "
-                             f"expects {tuple(standin.shape)}; the checkpoint does not match "
+                             f"expects {expected}; the checkpoint does not match "
                              "its config.json")
-    value = value.to(standin.dtype)
+    value = finish(value) if finish else value.to(standin.dtype)
     if keep:
         program.set_tensor(name, value)
         del program.meta["lazy_tensors"][name]
@@ -353,9 +385,14 @@ def iter_lazy_tensor(program: Program, name: str,
     from safetensors import safe_open
 
     trim_heap()
-    shard, key = program.meta["lazy_tensors"][name]
+    entry = program.meta["lazy_tensors"][name]
+    shard, key = entry
     standin = program.get_tensor(name)
-    shape = tuple(standin.shape)
+    finish = getattr(entry, "finish", None)  # a layer-wise compile's folded transforms
+    if finish is not None and not entry.by_rows:
+        yield load_lazy_tensor(program, name, keep=False)
+        return
+    shape = tuple(entry.root_shape) if finish else tuple(standin.shape)
     row_bytes = max(1, standin[0].numel() * 4) if standin.dim() > 1 else 1
     rows = max(1, block_bytes // row_bytes) if standin.dim() > 1 else max(shape or (1,))
     total = shape[0] if shape else 1
@@ -367,7 +404,7 @@ def iter_lazy_tensor(program: Program, name: str,
                                      f"model expects {shape}; the checkpoint does not match "
                                      "its config.json")
             block = part[start:start + rows] if shape else f.get_tensor(key)
-        yield block.to(standin.dtype)
+        yield finish(block) if finish else block.to(standin.dtype)
 
 
 def materialize(program: Program) -> Program:

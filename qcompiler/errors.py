@@ -32,5 +32,10 @@ class PassError(QCompilerError):
         self.pass_name = pass_name
 
 
+class DecodeUnsupported(QCompilerError):
+    """The graph has no shape the KV-cache rewrite (qcompiler/decode_program.py) knows how to
+    give a cache; callers fall back to re-running the prefix."""
+
+
 class VerifyError(QCompilerError):
     """The program is malformed after a pass (a compiler bug or a bad input program)."""

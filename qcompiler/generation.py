@@ -11,7 +11,8 @@ Returns [B, T + new] token ids (prompt, then the new tokens). Semantics follow H
   get `pad_token_id` (default: config pad, else EOS), and generation stops once all ended;
 - it stops at the model's maximum length as well.
 
-The cache is static (`qcompiler.decode_program`): allocated once for T + max_new_tokens slots,
+The cache is static (`qcompiler.decode_program`): allocated once for T + max_new_tokens slots
+(on CUDA, per batch bucket and reused, each step one CUDA-graph replay: qcompiler/cuda_graphs.py),
 one slot per step shared by the batch; `attn_mask` [B, 1, S, L] lets query slot i see slot j
 when j <= i and slot j is a real token (and always itself, so a pad query has a finite row).
 Models without a decode path (no RoPE) run the uncached loop: the whole prefix every step.
@@ -23,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from qcompiler.cuda_graphs import graphed_steps
+from qcompiler.cuda_graphs import wanted as cuda_graph_decoding
 from qcompiler.decode_check import attention_mask_4d
 from qcompiler.errors import QCompilerError
 
@@ -34,8 +37,10 @@ def generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
              top_p: float | None = None, eos_token_id: int | list[int] | None = None,
              attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
              generator: torch.Generator | None = None, streamer: Streamer | None = None,
-             use_cache: bool = True) -> torch.Tensor:
-    """Token ids [B, T + new]; `model` is a LoadedModel or a causal-LM Program (module doc)."""
+             use_cache: bool = True, cuda_graphs: bool | None = None) -> torch.Tensor:
+    """Token ids [B, T + new]; `model` is a LoadedModel or a causal-LM Program (module doc).
+    `cuda_graphs`: replay one captured graph per decode step (qcompiler/cuda_graphs.py);
+    default on CUDA, unless QCOMPILER_CUDA_GRAPHS=0."""
     ids, mask = check_inputs(model, input_ids, attention_mask)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     config = _config(model)
@@ -51,8 +56,13 @@ def generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
                              "decode path, which this model does not have; pass one prompt "
                              "at a time")
     pick = _picker(do_sample, temperature, top_k, top_p, generator)
-    steps = _cached_steps(decoder, ids, mask, new) if decoder is not None else \
-        _uncached_steps(model, ids, new)
+    graphed = decoder is not None and cuda_graph_decoding(ids.device, cuda_graphs)
+    if graphed:
+        steps = graphed_steps(decoder, ids, mask, new, limit)
+    elif decoder is not None:
+        steps = _cached_steps(decoder, ids, mask, new)
+    else:
+        steps = _uncached_steps(model, ids, new)
     out = ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     eos_t = torch.tensor(eos, dtype=ids.dtype, device=ids.device)

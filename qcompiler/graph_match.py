@@ -45,12 +45,12 @@ ATTENTION = (aten.scaled_dot_product_attention.default, aten._softmax.default,
 
 
 # ---- small node helpers ------------------------------------------------------------------------
-def _val(node: Any) -> Any:
+def val_of(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
-def _last_dim(node: Any) -> Any:
-    val = _val(node)
+def last_dim(node: Any) -> Any:
+    val = val_of(node)
     return val.shape[-1] if isinstance(val, torch.Tensor) and val.dim() else None
 
 
@@ -59,15 +59,15 @@ def is_linear(node: Any) -> bool:
             and node.target is aten.linear.default)
 
 
-def _is_call(node: Any, targets: tuple[Any, ...]) -> bool:
+def is_call(node: Any, targets: tuple[Any, ...]) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
 
 
 def is_row_view(node: fx.Node) -> bool:
     """A view that only regroups leading dims: channel c of its input stays channel c."""
-    if not _is_call(node, VIEWS) or not isinstance(node.args[0], fx.Node):
+    if not is_call(node, VIEWS) or not isinstance(node.args[0], fx.Node):
         return False
-    a, b = _last_dim(node.args[0]), _last_dim(node)
+    a, b = last_dim(node.args[0]), last_dim(node)
     return a is not None and isinstance(a, int) and a == b
 
 
@@ -78,9 +78,9 @@ def strip_views(node: Any) -> Any:
     return node
 
 
-def _strip_casts(node: Any) -> tuple[Any, list[fx.Node]]:
+def strip_casts(node: Any) -> tuple[Any, list[fx.Node]]:
     casts = []
-    while _is_call(node, CASTS):
+    while is_call(node, CASTS):
         casts.append(node)
         node = node.args[0]
     return node, casts
@@ -97,7 +97,7 @@ def value_uses(node: fx.Node) -> list[fx.Node]:
     return out
 
 
-def _reaches(user: fx.Node, node: fx.Node, arg_index: int) -> bool:
+def reaches(user: fx.Node, node: fx.Node, arg_index: int) -> bool:
     """Whether `user.args[arg_index]` is `node` up to row-preserving views."""
     return len(user.args) > arg_index and strip_views(user.args[arg_index]) is node
 
@@ -111,8 +111,8 @@ def consumer_linears(node: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
     linears: list[fx.Node] = []
     others: list[fx.Node] = []
     for user in value_uses(node):
-        target = linears if is_linear(user) and _reaches(user, node, 0) and not any(
-            _reaches(user, node, i) for i in (1, 2)) else others
+        target = linears if is_linear(user) and reaches(user, node, 0) and not any(
+            reaches(user, node, i) for i in (1, 2)) else others
         if user not in target:
             target.append(user)
     return linears, others
@@ -144,9 +144,9 @@ def linear_producer(linear: fx.Node, norms: list[Norm]) -> Producer:
             return Producer("norm", src, norm=norm)
     if is_linear(src):
         return Producer("linear", src, linear=src)
-    if _is_call(src, (aten.mul.Tensor,)) and all(isinstance(a, fx.Node) for a in src.args[:2]):
+    if is_call(src, (aten.mul.Tensor,)) and all(isinstance(a, fx.Node) for a in src.args[:2]):
         a, b = (strip_views(x) for x in src.args[:2])
-        gated = [up for up, act in ((a, b), (b, a)) if is_linear(up) and _is_call(act, ACTIVATIONS)]
+        gated = [up for up, act in ((a, b), (b, a)) if is_linear(up) and is_call(act, ACTIVATIONS)]
         if len(gated) == 1:
             return Producer("gated", src, linear=gated[0])
     return Producer("other", src)

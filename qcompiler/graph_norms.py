@@ -22,8 +22,8 @@ from typing import Any, Literal
 import torch
 import torch.fx as fx
 
-from qcompiler.graph_match import (ADDS, CASTS, _is_call, _last_dim, _strip_casts, _val,
-                                   consumer_linears)
+from qcompiler.graph_match import (ADDS, CASTS, consumer_linears, is_call, last_dim, strip_casts,
+                                   val_of)
 from qcompiler.program import Program
 
 aten = torch.ops.aten
@@ -59,7 +59,7 @@ class Norm:
 
     @property
     def hidden(self) -> int | None:
-        return _last_dim(self.output)
+        return last_dim(self.output)
 
 
 def _scalar(x: Any) -> float | None:
@@ -69,49 +69,49 @@ def _scalar(x: Any) -> float | None:
 def _match_rms(rsqrt: fx.Node) -> Norm | None:
     """x * rsqrt(mean(x², -1, keepdim) + eps) [* γ], casts allowed around the pieces."""
     add = rsqrt.args[0]
-    if not _is_call(add, ADDS + (aten.add.Scalar,)):
+    if not is_call(add, ADDS + (aten.add.Scalar,)):
         return None
     a, b = add.args[:2]
     mean, eps = (a, _scalar(b)) if isinstance(a, fx.Node) else (b, _scalar(a))
-    if eps is None or not _is_call(mean, (aten.mean.dim,)):
+    if eps is None or not is_call(mean, (aten.mean.dim,)):
         return None
     dims = mean.args[1] if len(mean.args) > 1 else mean.kwargs.get("dim")
     keep = mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False)
     sq = mean.args[0]
-    rank = _val(sq).dim() if isinstance(_val(sq), torch.Tensor) else None
+    rank = val_of(sq).dim() if isinstance(val_of(sq), torch.Tensor) else None
     if not keep or list(dims or []) not in ([-1], [rank - 1] if rank else [-1]):
         return None
-    if _is_call(sq, (aten.pow.Tensor_Scalar,)) and _scalar(sq.args[1]) == 2:
+    if is_call(sq, (aten.pow.Tensor_Scalar,)) and _scalar(sq.args[1]) == 2:
         x0 = sq.args[0]
-    elif _is_call(sq, (aten.mul.Tensor,)) and sq.args[0] is sq.args[1]:
+    elif is_call(sq, (aten.mul.Tensor,)) and sq.args[0] is sq.args[1]:
         x0 = sq.args[0]
     else:
         return None
-    x, casts = _strip_casts(x0)
+    x, casts = strip_casts(x0)
     scaled = None
     for user in rsqrt.users:
-        if _is_call(user, (aten.mul.Tensor,)):
+        if is_call(user, (aten.mul.Tensor,)):
             other = user.args[0] if user.args[1] is rsqrt else user.args[1]
-            if _strip_casts(other)[0] is x:
+            if strip_casts(other)[0] is x:
                 scaled = user
-                casts += _strip_casts(other)[1]
+                casts += strip_casts(other)[1]
     if scaled is None:
         return None
     nodes = [*casts, sq, mean, add, rsqrt, scaled]
     out, weight = scaled, None
-    while len(out.users) == 1 and _is_call(next(iter(out.users)), CASTS):
+    while len(out.users) == 1 and is_call(next(iter(out.users)), CASTS):
         out = next(iter(out.users))
         nodes.append(out)
     offset = 0.0
     if len(out.users) == 1:
         user = next(iter(out.users))
-        if _is_call(user, (aten.mul.Tensor,)):
+        if is_call(user, (aten.mul.Tensor,)):
             other = user.args[0] if user.args[1] is out else user.args[1]
             weight, offset, extra = _scale(other)
             if weight is not None:
                 out = user
                 nodes += [*extra, user]
-                while len(out.users) == 1 and _is_call(next(iter(out.users)), TAIL_CASTS):
+                while len(out.users) == 1 and is_call(next(iter(out.users)), TAIL_CASTS):
                     out = next(iter(out.users))  # Gemma: (x̂ · (1 + w)).type_as(x)
                     nodes.append(out)
     return Norm("rms", x, out, weight, None, eps, tuple(dict.fromkeys(nodes)), offset)
@@ -119,7 +119,7 @@ def _match_rms(rsqrt: fx.Node) -> Norm | None:
 
 def _is_vector_param(node: Any) -> bool:
     return (isinstance(node, fx.Node) and node.op == "get_attr"
-            and isinstance(_val(node), torch.Tensor) and _val(node).dim() == 1)
+            and isinstance(val_of(node), torch.Tensor) and val_of(node).dim() == 1)
 
 
 def _scale(node: Any) -> tuple[fx.Node | None, float, list[fx.Node]]:
@@ -127,11 +127,11 @@ def _scale(node: Any) -> tuple[fx.Node | None, float, list[fx.Node]]:
     casts of w allowed; (None, 0, []) otherwise."""
     if _is_vector_param(node):
         return node, 0.0, []
-    if (_is_call(node, ADDS) and len(node.users) == 1 and not node.kwargs
+    if (is_call(node, ADDS) and len(node.users) == 1 and not node.kwargs
             and len(node.args) == 2):
         a, b = node.args
         w, c = (a, _scalar(b)) if isinstance(a, fx.Node) else (b, _scalar(a))
-        w, casts = _strip_casts(w)
+        w, casts = strip_casts(w)
         if c is not None and _is_vector_param(w) and all(len(n.users) == 1 for n in casts):
             return w, c, [*casts, node]
     return None, 0.0, []
@@ -155,9 +155,9 @@ def find_norms(program: Program) -> list[Norm]:
     """Every RMSNorm and LayerNorm of the graph, in graph order."""
     norms: list[Norm] = []
     for node in program.graph.nodes:
-        if _is_call(node, (aten.rsqrt.default,)):
+        if is_call(node, (aten.rsqrt.default,)):
             norm = _match_rms(node)
-        elif _is_call(node, (aten.layer_norm.default,)):
+        elif is_call(node, (aten.layer_norm.default,)):
             norm = _match_layer_norm(node)
         else:
             continue

@@ -195,14 +195,16 @@ def split_expert_weights(program: Program) -> int:
             sources.add(str(src.target))
             replaced += 1
     if replaced:
+        erased: set[fx.Node] = set()
         for start in chains:  # the now unused select/transpose chains and 3-D get_attrs
             todo = [start]
             while todo:
                 dead = todo.pop()
-                if not dead._erased and not dead.users and dead.op in ("call_function",
-                                                                        "get_attr"):
+                if dead not in erased and not dead.users and dead.op in ("call_function",
+                                                                         "get_attr"):
                     todo.extend(dead.all_input_nodes)
                     graph.erase_node(dead)
+                    erased.add(dead)
         used = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
         for target in sources - used:
             program.delete_tensor(target)

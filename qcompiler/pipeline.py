@@ -125,14 +125,17 @@ FORMAT_PASSES = ("lower-datatype", "clip", "gptq", "lorc")
 
 
 def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int | None,
-                     on_indivisible: str | None = None) -> str:
+                     on_indivisible: str | None = None, *, quantize_head: bool = False,
+                     quantize_embeddings: bool = False) -> str:
     """The pipeline string the CLI runs, from `--pipeline`, `--format` and `--group-size`.
 
     No `--pipeline`: the format's default pipeline. With one, named pipelines in it are expanded
     and `--format` / `--group-size` fill in the options it does not set on the passes that quantize
     weights to a format (`lower-datatype`, `clip`, `gptq`, `lorc`), so a pipeline can be written
     once for every format: `--format int4 --pipeline 'canonicalize,fold-norms,gptq,lower-datatype'`.
-    `--on-indivisible` fills `lower-datatype`'s option of that name the same way.
+    `--on-indivisible` fills `lower-datatype`'s option of that name the same way;
+    `--quantize-head` drops `lm_head` from its default `skip` list (where the pipeline sets no
+    `skip`), and `--quantize-embeddings` adds `quantize-embedding` after the lowering.
     """
     from qcompiler import named_pipelines
 
@@ -140,7 +143,7 @@ def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int |
         if format is None:
             return ""
         pipeline = named_pipelines.default_pipeline_for_format(format, group_size)
-        if on_indivisible is None:
+        if on_indivisible is None and not quantize_head and not quantize_embeddings:
             return pipeline
     items = _expand_named(split_pipeline(pipeline), ())
     fill = {"format": format, "group-size": None if group_size is None else str(group_size)}
@@ -152,10 +155,28 @@ def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int |
             extra = tuple((k, v) for k, v in fill.items() if v is not None and k not in given)
         if item.name == "lower-datatype" and on_indivisible and "on-indivisible" not in given:
             extra += (("on-indivisible", on_indivisible),)
+        if item.name == "lower-datatype" and quantize_head and "skip" not in given:
+            extra += (("skip", ",".join(_default_skip_without_head())),)
         if extra:
             item = PassSpec(item.name, item.options + extra, item.column)
         out.append(str(item))
+    if quantize_embeddings and "quantize-embedding" not in {i.name for i in items}:
+        at = max((i for i, item in enumerate(items) if item.name == "lower-datatype"),
+                 default=len(items) - 1) + 1
+        out[at:at] = ["quantize-embedding"]
+        if out[-1] != "dce":
+            out.append("dce")  # the fp table is dead now: drop it from the artifact
     return ",".join(out)
+
+
+def _default_skip_without_head() -> list[str]:
+    """lower-datatype's default skip patterns minus the LM head."""
+    import dataclasses
+
+    from qcompiler.pass_registry import get_pass
+
+    field = next(f for f in dataclasses.fields(get_pass("lower-datatype")) if f.name == "skip")
+    return [p for p in field.default if p != "lm_head"]
 
 
 def _expand_named(items: list[PassSpec], seen: tuple[str, ...]) -> list[PassSpec]:

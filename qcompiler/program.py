@@ -51,12 +51,12 @@ class Program:
     # ---- tensors -------------------------------------------------------------------------
     def get_tensor(self, name: str) -> torch.Tensor:
         """The parameter or buffer behind a `get_attr` target."""
-        owner, attr = self._owner(name)
+        owner, attr = self.owner_of(name)
         return getattr(owner, attr)
 
     def set_tensor(self, name: str, value: torch.Tensor) -> None:
         """Replace (or create) the tensor `name`, as a buffer unless it already is a parameter."""
-        owner, attr = self._owner(name, create=True)
+        owner, attr = self.owner_of(name, create=True)
         if attr in owner._parameters:
             owner._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
         else:
@@ -73,13 +73,13 @@ class Program:
         return candidate
 
     def delete_tensor(self, name: str) -> None:
-        owner, attr = self._owner(name)
+        owner, attr = self.owner_of(name)
         owner._parameters.pop(attr, None)
         owner._buffers.pop(attr, None)
 
     def has_tensor(self, name: str) -> bool:
         try:
-            owner, attr = self._owner(name)
+            owner, attr = self.owner_of(name)
         except AttributeError:
             return False
         return attr in owner._parameters or attr in owner._buffers
@@ -90,7 +90,9 @@ class Program:
         named.update(dict(self.gm.named_buffers(remove_duplicate=False)))
         return {k: named[k] for k in sorted(named)}
 
-    def _owner(self, name: str, create: bool = False) -> tuple[torch.nn.Module, str]:
+    def owner_of(self, name: str, create: bool = False) -> tuple[torch.nn.Module, str]:
+        """The submodule holding tensor `name` and its attribute name there (`create` adds
+        missing submodules on the way)."""
         *path, attr = name.split(".")
         mod: torch.nn.Module = self.gm
         for part in path:

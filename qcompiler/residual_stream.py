@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from qcompiler.graph_match import (ADDS, ATTENTION, _is_call, _last_dim, _reaches, is_linear,
-                                   is_row_view, linear_producer, strip_views, value_uses)
+from qcompiler.graph_match import (ADDS, ATTENTION, is_call, is_linear, is_row_view, last_dim,
+                                   linear_producer, reaches, strip_views, value_uses)
 from qcompiler.graph_norms import Norm, find_norms, norm_consumers
 from qcompiler.program import Program
 
@@ -67,7 +67,7 @@ def _token_embeddings(program: Program) -> list[fx.Node]:
 def _is_scalar_scale(node: fx.Node, stream: fx.Node) -> bool:
     """`stream · c` for one constant c (Gemma scales its embeddings by √hidden): it commutes
     with a rotation of the channels, so the product is still the stream."""
-    if not _is_call(node, (aten.mul.Tensor,)) or len(node.args) != 2:
+    if not is_call(node, (aten.mul.Tensor,)) or len(node.args) != 2:
         return False
     other = node.args[1] if node.args[0] is stream else node.args[0]
     if isinstance(other, (int, float)) and not isinstance(other, bool):
@@ -93,10 +93,10 @@ def _weighted_sum(root: fx.Node) -> tuple[list[fx.Node], list[fx.Node]] | None:
                 and all(isinstance(a, fx.Node) for a in node.args)):
             return None
         a, b = node.args
-        if _is_call(node, ADDS):
+        if is_call(node, ADDS):
             todo += [a, b]
-        elif _is_call(node, (aten.mul.Tensor,)) and (_last_dim(a) == 1) != (_last_dim(b) == 1):
-            todo.append(b if _last_dim(a) == 1 else a)
+        elif is_call(node, (aten.mul.Tensor,)) and (last_dim(a) == 1) != (last_dim(b) == 1):
+            todo.append(b if last_dim(a) == 1 else a)
         else:
             return None
         path.append(node)
@@ -136,20 +136,20 @@ def find_residual_stream(program: Program, norms: list[Norm] | None = None
                 norm = internal[user]
                 if norm in stream.readers or norm in stream.in_stream_norms:
                     continue
-                if any(_is_call(u, ADDS) for u in value_uses(norm.output)):
+                if any(is_call(u, ADDS) for u in value_uses(norm.output)):
                     stream.in_stream_norms.append(norm)  # post-norm: its output is the stream
                     queue.append(norm.output)
                 else:
                     stream.readers.append(norm)
             elif is_row_view(user) or _is_scalar_scale(user, s) or (
-                    _is_call(user, ADDS) and all(isinstance(a, fx.Node) for a in user.args[:2])):
+                    is_call(user, ADDS) and all(isinstance(a, fx.Node) for a in user.args[:2])):
                 queue.append(user)
-            elif is_linear(user) and _reaches(user, s, 0):
+            elif is_linear(user) and reaches(user, s, 0):
                 stream.direct_readers.append(user)
             else:
                 stream.other_uses.append(user)
     for node in stream.nodes:
-        if not _is_call(node, ADDS):
+        if not is_call(node, ADDS):
             continue
         stream.adds.append(node)
         for operand in node.args[:2]:
@@ -159,7 +159,7 @@ def find_residual_stream(program: Program, norms: list[Norm] | None = None
             weighted = None if is_linear(src) else _weighted_sum(src)
             if is_linear(src):
                 stream.writers.append(src)
-            elif _is_call(src, (aten.embedding.default,)):
+            elif is_call(src, (aten.embedding.default,)):
                 stream.embeddings.append(src)
             elif weighted is not None:  # MoE: expert outputs weighted by the router, summed
                 stream.writers += weighted[0]
@@ -223,7 +223,7 @@ def _backward_cone(node: fx.Node, stop: set[fx.Node]) -> set[fx.Node]:
 
 def _attention_roles(readers: list[fx.Node], cone: set[fx.Node],
                      stop: set[fx.Node]) -> dict[str, fx.Node]:
-    sdpa = [n for n in cone if _is_call(n, (aten.scaled_dot_product_attention.default,))]
+    sdpa = [n for n in cone if is_call(n, (aten.scaled_dot_product_attention.default,))]
     if len(sdpa) != 1 or len(sdpa[0].args) < 3:
         return {}
     roles: dict[str, fx.Node] = {}
@@ -240,7 +240,7 @@ def _attention_roles(readers: list[fx.Node], cone: set[fx.Node],
 def _mlp_roles(program: Program, readers: list[fx.Node], writer: fx.Node) -> dict[str, fx.Node]:
     if len(readers) == 1:
         (r,) = readers
-        fused = any(_is_call(u, (aten.chunk.default, aten.split.Tensor,
+        fused = any(is_call(u, (aten.chunk.default, aten.split.Tensor,
                                  aten.split_with_sizes.default)) for u in value_uses(r))
         return {"gate_up" if fused else "up": r}
     if len(readers) != 2:
@@ -274,7 +274,7 @@ def decoder_layers(program: Program, stream: ResidualStream | None = None) -> li
             continue
         norm = norms[0]
         readers = [r for r in norm_consumers(norm)[0] if r in cone]
-        attention = any(_is_call(n, ATTENTION) for n in cone)
+        attention = any(is_call(n, ATTENTION) for n in cone)
         if attention:
             layer = DecoderLayer(len(layers), attn_norm=norm)
             layers.append(layer)

@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from qcompiler import artifact
+from qcompiler.devices import retarget_graph
 from qcompiler.errors import QCompilerError
+from qcompiler.hf_tokenizer import load_tokenizer
 from qcompiler.program import Program
 
 
@@ -159,31 +161,18 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
             raise QCompilerError(f"artifact {directory}: weights.safetensors lacks {name}; "
                                  "recompile it")
         dtype = artifact.safetensors_dtype(stub.dtype)
-        if list(stub.shape) != expected["shape"] or dtype != expected["dtype"]:
+        loaded_as = expected.get("load_as", expected["dtype"])
+        if list(stub.shape) != expected["shape"] or dtype != loaded_as:
             raise QCompilerError(f"artifact {directory}: program.pt2 expects {name} as "
                                  f"{stub.dtype} {list(stub.shape)}, the manifest says "
-                                 f"{expected['dtype']} {expected['shape']}; recompile it")
+                                 f"{loaded_as} {expected['shape']}; recompile it")
     check_kernels(directory, program)  # they are Python that CUDA would import: must be ours
     tensors = artifact.load_safetensors(directory / artifact.WEIGHTS)
-    for name in stubs:
-        program.set_tensor(name, tensors[name])
+    for name, stub in stubs.items():  # stored narrower where exact (qcompiler.storage_dtype)
+        program.set_tensor(name, tensors.pop(name).to(stub.dtype))
     program.gm.recompile()
     model = LoadedModel(program, manifest, directory).eval()
     return model.to(device) if device is not None else model
-
-
-def retarget_graph(gm: torch.fx.GraphModule, device: torch.device | str) -> None:
-    """Rewrite `device=` arguments of graph ops (arange, zeros, ...) captured as the export
-    device, so that a program exported on the CPU runs on `device`."""
-    device = torch.device(device)
-    changed = False
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and isinstance(node.kwargs.get("device"), torch.device):
-            if node.kwargs["device"] != device:
-                node.kwargs = {**node.kwargs, "device": device}
-                changed = True
-    if changed:
-        gm.recompile()
 
 
 def move_program(program: Program, device: str | torch.device) -> Program:
@@ -219,14 +208,3 @@ def _check_ids(model: LoadedModel, input_ids: Any) -> None:
             raise QCompilerError(f"{input_ids.shape[1]} tokens is more than the model's maximum "
                                  f"of {model.max_length}; shorten the input")
         check_token_ids(model, input_ids)
-
-
-def load_tokenizer(directory: Path) -> Any:
-    """A transformers tokenizer from local files; None when none can be built."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception:  # no usable tokenizer files: callers fall back to token ids
-        return None

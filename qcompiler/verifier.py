@@ -6,8 +6,11 @@ at once instead of surfacing later as an obscure failure in export, codegen or a
 - every `get_attr` names an existing tensor;
 - placeholders match the program's inputs, one by one;
 - there is exactly one output node, last, returning values;
-- every `qc.*` custom op is called with the arguments its schema requires, and its `format`
-  and `group_size` attributes, if any, make sense.
+- every `qc.*` op satisfies its definition (qcompiler/dialect/defs.py): operand count,
+  attribute types and allowed values, element types, shapes (a quantized linear's scales
+  must be [n, k/group_size], its codes [n, k*bits/8], ...) and conditions; a `qc`-namespace
+  op without a definition is held to its schema's required arguments, and its `format` and
+  `group_size` attributes, if any, must make sense.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from qcompiler.dialect.registry import check_node, definition_of
 from qcompiler.errors import VerifyError
 
 
@@ -39,7 +43,7 @@ def find_problems(program: Any) -> list[str]:
     problems += _check_output(graph)
     for node in graph.nodes:
         if node.op == "call_function" and _is_qc_op(node.target):
-            problems += _check_qc_op(node)
+            problems += _check_qc_op(node, lambda n: _stored_tensor(gm, n))
     if not problems:
         try:
             graph.lint()
@@ -92,10 +96,23 @@ def _is_qc_op(target: Any) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target.namespace in QC_NAMESPACES
 
 
-def _check_qc_op(node: fx.Node) -> list[str]:
-    """The schema's required arguments are given, and known attributes have sane values."""
+def _stored_tensor(gm: fx.GraphModule, node: fx.Node) -> Any:
+    """The tensor a get_attr node reads (what runs, even if its meta["val"] is stale)."""
+    if node.op != "get_attr":
+        return None
+    obj: Any = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
+def _check_qc_op(node: fx.Node, value_of: Any = None) -> list[str]:
+    """The op's definition holds, or (no definition) the schema's required arguments are
+    given and known attributes have sane values."""
     schema = node.target._schema
     op = f"{node.target.namespace}.{schema.name.split('::')[-1]}"
+    if definition_of(node.target) is not None:
+        return [f"%{node.name} ({op}) {problem}" for problem in check_node(node, value_of)]
     names = [a.name for a in schema.arguments]
     problems = [f"%{node.name} ({op}) has unknown attribute '{k}'"
                 for k in node.kwargs if k not in names]

@@ -45,7 +45,9 @@ def run(fn):
 # CHECK: GEMV16_KERNEL = qc_razer4_gemv16_n4096_k4096_g128
 # CHECK-NEXT: GEMV_FP32_KERNEL = qc_razer4_gemv_n4096_k4096_g128
 # CHECK-NEXT: GEMV_KERNEL = qc_razer4_gemv16_n4096_k4096_g128
-# CHECK-NEXT: GEMM_KERNEL = qc_razer4_gemm_n4096_k4096_g128
+# CHECK-NEXT: GEMM16_KERNEL = qc_razer4_gemm16_n4096_k4096_g128
+# CHECK-NEXT: GEMM_FP32_KERNEL = qc_razer4_gemm_n4096_k4096_g128
+# CHECK-NEXT: GEMM_KERNEL = qc_razer4_gemm16_n4096_k4096_g128
 # CHECK: def linear(x, tensors, bias=None, config=None):
 @run
 def razer4():

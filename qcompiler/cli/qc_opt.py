@@ -4,6 +4,7 @@
     qc-opt model.pt2 -p 'lower-datatype{format=razer4,group-size=64}'
     qc-opt zoo:llama-tiny -o a.qcir      # the IR plus a.safetensors (named in a.qcir's header)
     qc-opt a.qcir -p fold-norms          # parse printed (or hand-written) IR and go on from it
+    qc-opt cases.qcir -p rotate --split-input-file   # `// -----`-separated cases, one process
     qc-opt --list-passes
 
 The IR goes to stdout; dumps, timing and statistics go to stderr, as in mlir-opt.
@@ -26,6 +27,8 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("-p", "--pipeline", default="", help="pass pipeline 'a,b{k=v},c' or a named one")
     p.add_argument("--list-passes", action="store_true", help="list the registered passes")
     p.add_argument("--list-pipelines", action="store_true", help="list the named pipelines")
+    p.add_argument("--split-input-file", action="store_true",
+                   help="FILE.qcir holds cases separated by '// -----' lines: run and print each")
     p.add_argument("--emit", choices=["ir", "mlir"], default="ir", help="output form")
     p.add_argument("-o", "--output", help="write the output to this file instead of stdout "
                    "(FILE.qcir: also FILE.safetensors with the tensors, so it parses back)")
@@ -65,6 +68,10 @@ def _run(args) -> int:
     passes = parse_pipeline(resolve_pipeline(args.pipeline or "", None, None)) if args.pipeline else []
     check_format_options(passes)  # an unknown format or bad group size: exit 2 before capture
     calibration = common.calibration_config(args)  # a bad --calib fails before capture
+    if args.split_input_file:
+        from qcompiler.cli.qc_opt_split import run_split
+
+        return run_split(args, passes, lambda program: _render(program, args.emit))
     program = capture(args.model, trust_pickle=args.trust_pickle)  # FILE.qcir: parsed IR
     ctx = PassContext(verbose=args.verbose, quiet=args.quiet, calibration=calibration)
     program = PassManager(passes, **common.pass_manager_kwargs(args)).run(program, ctx)
@@ -73,19 +80,23 @@ def _run(args) -> int:
 
         write_ir(program, Path(args.output))
         return common.EXIT_OK
-    if args.emit == "mlir":
-        from qcompiler.mlir_emit import emit_mlir
-
-        text = emit_mlir(program)
-    else:
-        from qcompiler.ir import print_program
-
-        text = print_program(program)
+    text = _render(program, args.emit)
     if args.output:
         write_text(text, Path(args.output), force=True)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return common.EXIT_OK
+
+
+def _render(program, emit: str) -> str:
+    """The program as IR text (`--emit ir`) or MLIR (`--emit mlir`)."""
+    if emit == "mlir":
+        from qcompiler.mlir_emit import emit_mlir
+
+        return emit_mlir(program)
+    from qcompiler.ir import print_program
+
+    return print_program(program)
 
 
 if __name__ == "__main__":

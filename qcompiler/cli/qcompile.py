@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -41,6 +42,11 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("--on-indivisible", choices=["error", "pad", "skip"],
                    help="a layer whose K the group size does not divide: fail (default), "
                         "zero-pad K (exact), or keep it in fp")
+    p.add_argument("--quantize-head", action="store_true",
+                   help="quantize the LM head in the weight format too (kept in fp by default)")
+    p.add_argument("--quantize-embeddings", action="store_true",
+                   help="store token embeddings as int8 rows with a scale per row (a tied "
+                        "embedding needs --quantize-head as well)")
     p.add_argument("-o", "--output", metavar="OUT", help="artifact directory (or file for ir/mlir)")
     p.add_argument("--emit", choices=["artifact", "ir", "mlir"],
                    help="what to produce (default: artifact with -o, else ir on stdout)")
@@ -49,6 +55,16 @@ def build_parser() -> common.ArgumentParser:
                    help="print the pipeline that --format/--pipeline expands to, and exit")
     common.add_pass_manager_args(p)
     common.add_calibration_args(p)
+    g = p.add_argument_group("big checkpoints (docs/LAYERWISE.md)")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read a Hugging Face directory's weights from its shards one layer at a "
+                        "time (default: for checkpoints over 1 GiB)")
+    g.add_argument("--layerwise", action=argparse.BooleanOptionalAction, default=None,
+                   help="run calibrated passes one decoder layer at a time (default: whenever "
+                        "the compile streams; --layerwise alone implies --stream)")
+    g.add_argument("--calib-inputs", choices=["quantized", "fp"], default="quantized",
+                   help="layer-wise: each layer calibrates on the outputs of the already "
+                        "quantized layers before it (default) or of the fp model")
     return p
 
 
@@ -70,7 +86,9 @@ def _compile(args) -> int:
                          "or --pipeline SPEC")
     if args.format is not None:
         _check_format(args.format)
-    spec = resolve_pipeline(args.pipeline, args.format, args.group_size, args.on_indivisible)
+    spec = resolve_pipeline(args.pipeline, args.format, args.group_size, args.on_indivisible,
+                            quantize_head=args.quantize_head,
+                            quantize_embeddings=args.quantize_embeddings)
     passes = parse_pipeline(spec)
     if args.print_pipeline:
         print(format_pipeline(passes))
@@ -84,10 +102,15 @@ def _compile(args) -> int:
     result = compile_model(
         args.model, pipeline=spec, out=args.output, force=args.force,
         emit=emit, quiet=args.quiet, verbose=args.verbose, trust_pickle=args.trust_pickle,
-        calibration=calibration, **common.pass_manager_kwargs(args))
+        calibration=calibration, stream=args.stream, layerwise=args.layerwise,
+        sequential=args.calib_inputs == "quantized", **common.pass_manager_kwargs(args))
     if emit == "artifact":
         if not args.quiet:
-            sys.stderr.write(f"wrote {result.path}\n")
+            from qcompiler.artifact import read_manifest, size_line
+
+            summary = read_manifest(result.path).get("summary") or {}
+            size = f": {size_line(summary)}" if "weights_bytes" in summary else ""
+            sys.stderr.write(f"wrote {result.path}{size}\n")
     elif args.output is None:
         text = result.text or ""
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

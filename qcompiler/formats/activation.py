@@ -100,6 +100,11 @@ class ActivationFormat(Format):
     def needs_absmax(self, opts: dict[str, Any]) -> bool:
         return opts.get("granularity") == "tensor"
 
+    def absmax_scale(self, xg: torch.Tensor, granularity: str) -> torch.Tensor:
+        """The absmax scale [rows, groups, 1] (no clipping): what qc.quantize_act rounds up to
+        a power of two for pow2_scale."""
+        return self._scale(xg, granularity, 1.0)
+
     def _scale(self, xg: torch.Tensor, granularity: str, ratio: float | torch.Tensor,
                absmax: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 scale [rows, groups, 1] (0 where everything is 0); `absmax`: the whole tensor's

@@ -5,7 +5,8 @@ weight, quantize, dequantize) so that nothing outside this package re-implements
 Formats are frozen dataclasses: one immutable instance per registry name, options travel as call
 arguments and end up in `QTensor.opts`.
 
-The base class owns the checks every format needs (2-D finite input, group size allowed and
+`QTensor` and `Encoded` are defined in qtensor.py (below chunked.py and canonical.py, which
+build them) and re-exported here. The base class owns the checks every format needs (2-D finite input, group size allowed and
 dividing K, a known search), the group reshaping, running `_encode` on blocks of rows that fit
 the CPU cache (chunked.py), the canonical pass (canonical.py) and the bit packing; a subclass
 implements `_encode` (float32 groups [N, K/G, G] -> codes and scales) and `_decode` (the inverse).
@@ -15,79 +16,18 @@ Layouts follow docs/CONTRACTS.md.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from qcompiler.errors import QCompilerError
 from qcompiler.formats import canonical, chunked, packing
+from qcompiler.formats.qtensor import TENSOR_KEYS, Encoded, QTensor
 from qcompiler.formats.scale_search import ErrorMeasure, check_search
 
 ScaleType = Literal["fp16", "e4m3", "e8m0", "e3m3", "pow2", "fp32"]
 Role = Literal["weight", "activation", "both"]
-TENSOR_KEYS = ("codes", "scales", "zeros", "meta", "global_scale")
-
-
-@dataclass(frozen=True, eq=False)
-class QTensor:
-    """A quantized [N, K] tensor: packed codes plus per-group scales and metadata.
-
-    codes: uint8, packed along K (packing.py). scales: [N, K/G]. zeros: [N, K/G] uint8 (integer
-    asymmetric formats). meta: [N, K/G] uint8 (RaZeR: index of the group's special value).
-    global_scale: float32 per-tensor scale (NVFP4 family). opts: the format options that
-    dequantization needs (JSON-friendly values only).
-    """
-
-    format: str
-    shape: tuple[int, int]
-    group_size: int
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor | None = None
-    meta: torch.Tensor | None = None
-    global_scale: torch.Tensor | None = None
-    opts: dict[str, Any] = field(default_factory=dict)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The non-None tensors under their contract names."""
-        out = {k: getattr(self, k) for k in TENSOR_KEYS}
-        return {k: v for k, v in out.items() if v is not None}
-
-    @classmethod
-    def from_tensors(cls, format: str, shape: tuple[int, int], group_size: int,
-                     tensors: dict[str, torch.Tensor], opts: dict[str, Any] | None = None) -> QTensor:
-        unknown = set(tensors) - set(TENSOR_KEYS)
-        if unknown:
-            raise ValueError(f"unknown QTensor parts {sorted(unknown)}; expected {TENSOR_KEYS}")
-        return cls(format=format, shape=(int(shape[0]), int(shape[1])), group_size=int(group_size),
-                   codes=tensors["codes"], scales=tensors["scales"], zeros=tensors.get("zeros"),
-                   meta=tensors.get("meta"), global_scale=tensors.get("global_scale"),
-                   opts=dict(opts or {}))
-
-    def to(self, device: torch.device | str) -> QTensor:
-        moved = {k: v.to(device) for k, v in self.tensors().items()}
-        return QTensor.from_tensors(self.format, self.shape, self.group_size, moved, self.opts)
-
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
-    def nbytes(self) -> int:
-        """Bytes of storage, all parts together."""
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """What a format's `_encode` returns: unpacked codes [N, G, gs] and the side tensors."""
-
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor | None = None
-    meta: torch.Tensor | None = None
-    global_scale: torch.Tensor | None = None
-    opts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from qcompiler.formats.qtensor import QTensor
 from qcompiler.formats.scale_search import ErrorMeasure
 
 if TYPE_CHECKING:
@@ -75,8 +76,6 @@ def _replace(enc: Encoded, parts: dict[str, torch.Tensor | None]) -> Encoded:
 
 def _canonicalize_all(fmt: Format, enc: Encoded, search: str, opts: dict[str, Any],
                       absmax: torch.Tensor | None) -> Encoded:
-    from qcompiler.formats.base import QTensor
-
     n, groups, gs = enc.codes.shape
     first = QTensor(format=fmt.name, shape=(n, groups * gs), group_size=gs, codes=enc.codes,
                     scales=enc.scales, zeros=enc.zeros, meta=enc.meta,

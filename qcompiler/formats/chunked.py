@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qcompiler.formats import packing
+from qcompiler.formats.qtensor import QTensor
 
 if TYPE_CHECKING:
     from qcompiler.formats.base import Encoded, Format
@@ -69,8 +70,6 @@ def _dequantized_absmax(fmt: Format, part: Encoded) -> torch.Tensor:
 
 
 def _qtensor(fmt: Format, part: Encoded):
-    from qcompiler.formats.base import QTensor
-
     n, groups, gs = part.codes.shape
     return QTensor(format=fmt.name, shape=(n, groups * gs), group_size=gs, codes=part.codes,
                    scales=part.scales, zeros=part.zeros, meta=part.meta,

@@ -19,7 +19,6 @@ from qcompiler.formats.grid_format import SCALE_MODES, GridFormat
 
 FP4_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 FP4_VALUES = FP4_MAGNITUDES + tuple(-m for m in FP4_MAGNITUDES)
-FP4_GRID = Grid(FP4_VALUES, sign_bit=3)
 NEG_ZERO_CODE = 8
 
 
@@ -101,6 +100,8 @@ def _ambiguous_pattern(pattern: int, specials: tuple[float, ...]) -> bool:
     return any(all(any(abs(c * g / low - h) <= 1e-6 * h for h in grid) for c in present)
                for g in grid if abs(g / low - 1.0) > 1e-9)
 
+
+FP4_GRID = Grid(FP4_VALUES, sign_bit=3, ambiguity=ambiguous_groups)
 
 FP4 = GridFormat(
     name="fp4", bits=4, default_group_size=128, group_sizes=(16, 32, 64, 128, 256),

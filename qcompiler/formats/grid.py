@@ -17,8 +17,9 @@ is also the reference the fast kernels are tested against (`round_reference`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 import torch
 
@@ -32,11 +33,15 @@ class Grid:
     `values[c]` is the value of code c. `sign_bit` set means sign-magnitude: code `c | 1 << sign_bit`
     is `-values[c]` (the code with magnitude 0 and the sign set, if any, is never produced).
     `integer` marks a grid whose values are consecutive integers (rounded arithmetically).
+    `ambiguity(codes [N, G, gs]) -> [N, G] bool | None`: which groups may have another exact
+    encoding (grid_format.py's canonical pass); None for grids that need no such pass.
     """
 
     values: tuple[float, ...]
     sign_bit: int | None = None
     integer: bool = False
+    ambiguity: Callable[[torch.Tensor], torch.Tensor | None] | None = field(default=None,
+                                                                            compare=False)
 
     def __post_init__(self) -> None:
         if self.integer and list(self.values) != [self.values[0] + i for i in range(len(self.values))]:

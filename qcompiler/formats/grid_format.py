@@ -46,9 +46,8 @@ class GridFormat(Format):
         return opts.get("scale", "fp16") != "fp16"
 
     def _ambiguous_groups(self, enc: Encoded, opts: dict[str, Any]) -> torch.Tensor | None:
-        from qcompiler.formats.fp4 import FP4_VALUES, ambiguous_groups
-
-        return ambiguous_groups(enc.codes) if self.grid_def.values == FP4_VALUES else None
+        ambiguity = self.grid_def.ambiguity  # the FP4 grid's (fp4.py): a grid says its own
+        return ambiguity(enc.codes) if ambiguity is not None else None
 
     def _encode(self, wg: torch.Tensor, search: str, measure: ErrorMeasure,
                 opts: dict[str, Any], absmax: torch.Tensor | None = None) -> Encoded:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from qcompiler.dialect.registry import check_call, definition_of
 from qcompiler.ir.lexer import IRParseError, Token
 from qcompiler.ir.parser import Func, Ref, Stmt, parse_tensor_type
 from qcompiler.ir.printer import val_type
@@ -42,11 +43,8 @@ PY_BUILTINS = frozenset({"int", "float", "bool", "min", "max", "abs", "round", "
 
 
 def resolve_op(name: str) -> Any:
-    """The torch callable an IR op name stands for; None if there is none."""
-    import qcompiler.act_ops  # noqa: F401  (registers the qc ops)
-    import qcompiler.hadamard_op  # noqa: F401
-    import qcompiler.ops  # noqa: F401
-
+    """The torch callable an IR op name stands for; None if there is none (the qc ops are
+    registered by importing qcompiler.dialect.registry, above)."""
     ns, _, rest = name.partition(".")
     if ns == "py":  # an allowlist: a .qcir file must not reach exec, open or attrgetter
         if rest in PY_OPERATORS:
@@ -217,6 +215,10 @@ class Builder:
         kwargs = {k: self._operand(v) for k, v in stmt.kwargs.items()}
         node = self.graph.create_node("call_function", target, args, kwargs, name=stmt.result)
         vals = fx.node.map_arg((args, kwargs), lambda n: n.meta.get("val"))
+        d = definition_of(target)  # a qc op: its definition's checks, before running it
+        problems = check_call(d, vals[0], vals[1]) if d is not None else []
+        if problems:
+            raise self.error(stmt.token, f"{stmt.op} {problems[0]}")
         try:
             with self.mode:
                 node.meta["val"] = target(*vals[0], **vals[1])

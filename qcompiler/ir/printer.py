@@ -10,7 +10,8 @@
 Value names are the fx node names (stable: torch.export names nodes deterministically, and our
 passes derive new names from old ones). Dynamic sizes print as `?`. Tensors are never printed,
 only their types; keyword arguments print as `{key = value}` attributes (this is where the
-quantized ops carry format, group size and shape). A weight whose quantized values a calibration
+quantized ops carry format, group size and shape), a `qc` op's in the order its definition
+(qcompiler/dialect/defs.py) lists them. A weight whose quantized values a calibration
 pass already chose (a weight plan, qcompiler/weight_plan.py) carries `{plan = "razer4 g128 by
 gptq"}` on its param line. We do not use PyTorch's own graph printing,
 whose format changes between releases.
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from qcompiler.dialect.registry import attr_order
 from qcompiler.ir.meta import infer_node_meta
 
 DTYPES = {
@@ -124,7 +126,8 @@ def _op_line(node: fx.Node) -> str:
     args = ", ".join(_operand(a) for a in node.args)
     attrs = ""
     if node.kwargs:
-        attrs = " {" + ", ".join(f"{k} = {attr_str(v)}" for k, v in node.kwargs.items()) + "}"
+        keys = attr_order(node.target, dict(node.kwargs))  # a qc op's: its definition's order
+        attrs = " {" + ", ".join(f"{k} = {attr_str(node.kwargs[k])}" for k in keys) + "}"
     return f"  %{node.name} = {name}({args}){attrs} : {type_str(node)}"
 
 

@@ -1,0 +1,267 @@
+"""Inline-PTX word decode for the tensor-core GEMM: 8 codes -> 8 fp16 weights * group scale.
+
+The pure-Triton fp16 decode (gemm16_decode.py) leaves the pairing of 16-bit lanes to LLVM,
+which pairs codes of different bytes and then shuffles them back with PRMT: ~4 SASS
+instructions per code for int4. Here one asm block decodes one 32-bit word (8 codes) with the
+fp16x2 bit placement the M = 1 GEMV introduced (decode16.py at the time of writing; kept here
+as its own op list so the two kernels can evolve apart): `prmt` puts the two nibbles of byte k
+into the two halves of a register, `lop3` places them in fp16 bit patterns, fp16x2 math makes
+them exact code values `t` (RaZeR's special code: one `set.eq` and one fma against a per-group
+register the asm looks up from the 2-bit metadata: no table load, no branch), and
+`mul.rn.f16x2 o_k, t, sp` applies the group scale (nvfp4: the scale * 2^(14 - u) is the sign
+multiplier itself, `folds_scale`). Every `t` is exact in fp16 and the scale is an exact fp16
+number, so the one rounding of `t * scale` is fp16(reference): the same numbers the
+pure-Triton decode gives, which the interpreter runs (USE_ASM=False) in its place.
+
+`program(plan)` is the op list; `ptx(plan)` renders it; gemm16_sim.emulate runs it in NumPy
+for the exhaustive test (tests/codegen/test_gemm16.py: all 256 byte values x specials x
+scales against the formats' `dequantize`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dataclasses import dataclass
+
+from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan, ScaleKind
+
+LUT_A_AND_B_OR_C = 0xEA  # lop3 truth tables over (a=0xF0, b=0xCC, c=0xAA): (a & b) | c
+LUT_A_AND_B = 0xC0
+
+
+@dataclass(frozen=True)
+class Op:
+    """dst = name(srcs); an int src is a 32-bit immediate (staged in a register where needed)."""
+
+    name: str  # mov shl shr prmt lop3 sub hsub2 hmul2 hfma2 hseteq
+    dst: str
+    srcs: tuple[str | int, ...]
+    imm: int = 0  # shift amount, prmt selector or lop3 truth table
+
+
+def _sel(k: int) -> int:
+    """prmt selector: byte 1 <- byte k of a, byte 3 <- byte k of b (bytes 0, 2 the same)."""
+    return k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12)
+
+
+def supported(plan: DecodePlan) -> bool:
+    """4-bit formats with a bit-arithmetic decode: int (offset binary, with or without zero
+    points), E2M1 (RaZeR's special code 8 included), pot4, sign-magnitude tables (dint4)."""
+    p = dict(plan.params)
+    if plan.bits != 4 or plan.elems_per_unit != 2 or plan.unit_bytes != 1:
+        return False
+    if plan.family is DecodeFamily.INT:
+        return p["XOR"] == 0
+    if plan.family is DecodeFamily.MINIFLOAT:
+        if (p["EXP_BITS"], p["MAN_BITS"], p["SIGNED"]) != (2, 1, True):
+            return False
+        if p["SPECIAL_CODE"] == 8:
+            try:
+                [special_pair(p[f"SPECIAL_{i}"]) for i in range(4)]
+            except ValueError:
+                return False
+        return p["SPECIAL_CODE"] in (-1, 8)
+    if plan.family is DecodeFamily.POT:
+        return p["MAG_BITS"] == 3 and 1 <= 15 + p["E0"] - 7 and 15 + p["E0"] <= 30
+    if plan.family is DecodeFamily.TABLE:
+        return table_bytes(plan) is not None
+    return False
+
+
+def table_bytes(plan: DecodePlan) -> tuple[int, int] | None:
+    """Sign-magnitude tables (dint4) whose 8 magnitudes are fp16 values with a zero low byte,
+    magnitude 0 first: the two registers of fp16 high bytes a `prmt` looks them up in."""
+    p = dict(plan.params)
+    if plan.family is not DecodeFamily.TABLE or p["SIGN_BIT"] != 3:
+        return None
+    mags = [p[f"V{i}"] for i in range(8)]
+    bits = [int(np.array(v, np.float16).view(np.uint16)) for v in mags]
+    if (mags[0] != 0.0 or any(float(np.float16(v)) != v or v < 0 for v in mags)
+            or any(b & 0xFF for b in bits)):
+        return None
+    hi = [b >> 8 for b in bits]
+    return (hi[0] | hi[1] << 8 | hi[2] << 16 | hi[3] << 24,
+            hi[4] | hi[5] << 8 | hi[6] << 16 | hi[7] << 24)
+
+
+def special_pair(value: float) -> int:
+    """RaZeR's per-group operand: fp16 bits of -value * 2^-14, in both halves."""
+    v = np.float16(-value * 2.0 ** -14)
+    if float(v) != -value * 2.0 ** -14:
+        raise ValueError(f"special value {value}: -value * 2^-14 is not exact in fp16")
+    bits = int(np.array(v).view(np.uint16))
+    return bits | (bits << 16)
+
+
+def _word_ops(plan: DecodePlan) -> list[Op]:
+    """Decode word `w` into 4 fp16x2 registers t -> o0..o3 (codes 2k, 2k + 1 in pair k), each
+    ending with an `out` op the caller turns into the scale multiply."""
+    p = dict(plan.params)
+    ops: list[Op] = []
+    if plan.family is DecodeFamily.INT:  # (t & 0x000F000F) | 0x64006400 = 1024 + q, minus aux
+        ops.append(Op("shr", "ws", ("w",), 4))
+        for k in range(4):
+            ops += [Op("prmt", "t", ("w", "ws"), _sel(k)),
+                    Op("lop3", "t", ("t", 0x000F000F, 0x64006400), LUT_A_AND_B_OR_C),
+                    Op("hsub2", "t", ("t", "aux")), Op("out", f"o{k}", ("t",))]
+        return ops
+    ops.append(Op("shl", "w4", ("w",), 4))
+    if plan.family is DecodeFamily.TABLE:  # 8 magnitudes by prmt, sign from the code's bit 3
+        t0, t1 = table_bytes(plan)  # type: ignore[misc]
+        ops += [Op("mov", "e", (t0,)), Op("mov", "m", (t1,))]
+        for k in range(4):
+            ops += [Op("prmt", "a", ("w4", "w"), _sel(k)),  # signs at bits 15 / 31
+                    Op("prmt", "s", ("w4", "w"), k | ((4 + k) << 4)),  # codes at nibbles 1, 3
+                    Op("lop3", "s", ("s", 0x7070, 0), LUT_A_AND_B),  # magnitudes; others 0
+                    Op("prmt", "t", ("e", "m", "s")),  # fp16 high bytes, low bytes 0
+                    Op("lop3", "t", ("a", 0x80008000, "t"), LUT_A_AND_B_OR_C),
+                    Op("out", f"o{k}", ("t",))]
+        return ops
+    special = plan.family is DecodeFamily.MINIFLOAT and p.get("SPECIAL_CODE") == 8
+    if special:  # the group's -special * 2^-14 pair: halves 2 meta, 2 meta + 1 of a table
+        h = [special_pair(p[f"SPECIAL_{i}"]) & 0xFFFF for i in range(4)]
+        ops += [Op("mov", "tl", (h[0] | h[1] << 16,)), Op("mov", "th", (h[2] | h[3] << 16,)),
+                Op("mad", "e", ("meta", 0x2222, 0x1010)),  # selector bytes 2m, 2m+1, 2m, 2m+1
+                Op("prmt", "aux", ("tl", "th", "e"))]
+        # clear the junk nibbles: a lane is then exactly (code << 12) | 0x00 or 0xFF
+        ops += [Op("lop3", "w4", ("w4", 0xF0F0F0F0, 0), LUT_A_AND_B),
+                Op("lop3", "wm", ("w", 0xF0F0F0F0, 0), LUT_A_AND_B)]
+    for k in range(4):
+        if special:  # low bytes: sign-replicated code bytes, so code 8 is exactly 0x80FF
+            ops += [Op("prmt", "a", ("w4", "wm"), _sel(k) | 0x0808),
+                    Op("hseteq", "e", ("a", 0x80FF80FF))]  # 1.0 where the code is 8
+        else:  # code 2k / 2k + 1 at bits 12-15 / 28-31
+            ops.append(Op("prmt", "a", ("w4", "w"), _sel(k)))
+        if plan.family is DecodeFamily.MINIFLOAT:  # |v| * 2^-14 placed, times +-2^14
+            ops += [Op("shr", "m", ("a",), 3),
+                    Op("lop3", "m", ("m", 0x0E000E00, 0), LUT_A_AND_B),
+                    Op("lop3", "s", ("a", 0x80008000, 0x74007400), LUT_A_AND_B_OR_C)]
+            if special:  # code 8: magnitude 0 + (-special * 2^-14), times -2^14 = special
+                ops.append(Op("hfma2", "m", ("e", "aux", "m")))
+            ops.append(Op("hmul2", "t", ("m", "s")))
+        else:  # pot: +-2^(E0 - m), exponent field 15 + E0 - m
+            base = (15 + p["E0"]) << 10
+            ops += [Op("shr", "m", ("a",), 2),
+                    Op("lop3", "m", ("m", 0x1C001C00, 0), LUT_A_AND_B),
+                    Op("sub", "m", (base | (base << 16), "m")),
+                    Op("lop3", "t", ("a", 0x80008000, "m"), LUT_A_AND_B_OR_C)]
+        ops.append(Op("out", f"o{k}", ("t",)))
+    return ops
+
+
+def folds_scale(plan: DecodePlan) -> bool:
+    """E2M1 codes with minifloat (E4M3) scales: the scale, times 2^(14 - u) with the scale
+    codec's 2^u = UNBIAS left for the fp32 accumulator, replaces the constant 2^14 of the
+    sign multiplier, so one multiply both signs, unbiases and scales (`scale_folded`)."""
+    return plan.family is DecodeFamily.MINIFLOAT and plan.scale is ScaleKind.MINIFLOAT
+
+
+def program(plan: DecodePlan) -> list[Op]:
+    """The word program with each pair's `out` turned into `o_k = t * sp` (inputs w, aux the
+    per-group pair, sp the scale pair); with `folds_scale` the sign multiplier is sp itself."""
+    out: list[Op] = []
+    fold = folds_scale(plan)
+    for op in _word_ops(plan):
+        if op.name == "out" and fold:  # the pair's last multiply already scaled it
+            last = out.pop()
+            out.append(Op(last.name, op.dst, last.srcs, last.imm))
+        elif op.name == "out":
+            out.append(Op("hmul2", op.dst, ("t", "sp")))
+        elif fold and op.name == "lop3" and op.srcs[2] == 0x74007400:
+            out.append(Op("lop3", op.dst, (op.srcs[0], op.srcs[1], "sp"), op.imm))
+        else:
+            out.append(op)
+    return out
+
+
+def aux_input(plan: DecodePlan) -> str | None:
+    """The per-group integer input: "aux" = 1024 + zero (+ offset) as an fp16x2 pair (int),
+    "meta" = RaZeR's special-value index (the asm looks its pair up), None otherwise."""
+    if plan.family is DecodeFamily.INT:
+        return "aux"
+    if plan.family is DecodeFamily.MINIFLOAT and dict(plan.params)["SPECIAL_CODE"] == 8:
+        return "meta"
+    return None
+
+
+def ptx(plan: DecodePlan) -> tuple[str, str]:
+    """(asm, constraints) for `tl.inline_asm_elementwise(..., pack=1)`: outputs $0-$7 the 8
+    fp16 weights (code j = nibble j of the word), inputs w, [aux], s (the fp16 scale)."""
+    aux = aux_input(plan)
+    regs = iter(range(8, 16))
+    w_r = f"${next(regs)}"
+    aux_r = f"${next(regs)}" if aux else None
+    s_r = f"${next(regs)}"
+    names = {"w", "s", "sp"} | ({aux} if aux else set())
+    for op in program(plan):
+        names |= {op.dst} | {v for v in op.srcs if isinstance(v, str)}
+    lines = ["{", f".reg .b32 {', '.join(sorted(names))};",
+             f"mov.b32 w, {w_r};", f"mov.b32 sp, {{{s_r}, {s_r}}};"]
+    if aux_r:
+        lines.append(f"mov.b32 {aux}, {aux_r};")
+    prog, consts = _stage_constants(program(plan))
+    lines[1] = lines[1][:-1] + "".join(f", {c}" for c in consts) + ";"
+    lines += [f"mov.b32 {c}, {v:#010x};" for c, v in consts.items()]
+    lines += [_ptx_op(op) for op in prog]
+    lines += [f"mov.b32 {{${2 * k}, ${2 * k + 1}}}, o{k};" for k in range(4)]
+    lines.append("}")
+    cons = ",".join(["=h"] * 8 + ["r"] + (["r"] if aux else []) + ["h"])
+    return "\n".join(lines), cons
+
+
+def _stage_constants(prog: list[Op]) -> tuple[list[Op], dict[str, int]]:
+    """A SASS LOP3 takes one immediate: the other constant of a two-immediate lop3 goes to a
+    register set once at the top of the block (ptxas then keeps it across the loop instead of
+    re-materializing it before every use)."""
+    consts: dict[str, int] = {}
+    names: dict[int, str] = {}
+    out = []
+    for op in prog:
+        if op.name == "lop3" and op.imm == LUT_A_AND_B and op.srcs[2] == 0:
+            op = Op("and", op.dst, op.srcs[:2])  # a & b: a plain and.b32 with its immediate
+        elif op.name == "lop3" and sum(isinstance(v, int) for v in op.srcs) == 2:
+            srcs = list(op.srcs)
+            i = max(j for j, v in enumerate(srcs) if isinstance(v, int))
+            val = int(srcs[i])
+            names.setdefault(val, f"k{len(names)}")
+            consts[names[val]] = val
+            srcs[i] = names[val]
+            op = Op(op.name, op.dst, tuple(srcs), op.imm)
+        out.append(op)
+    return out, consts
+
+
+def _ptx_op(op: Op) -> str:
+    def src(s: str | int) -> str:
+        return f"{s:#010x}" if isinstance(s, int) else s
+
+    a = [src(s) for s in op.srcs]
+    if op.name in ("shl", "shr"):
+        kind = "shl.b32" if op.name == "shl" else "shr.u32"
+        return f"{kind} {op.dst}, {a[0]}, {op.imm};"
+    if op.name == "mov":
+        return f"mov.b32 {op.dst}, {a[0]};"
+    if op.name == "prmt":
+        sel = a[2] if len(a) == 3 else f"{op.imm:#06x}"
+        return f"prmt.b32 {op.dst}, {a[0]}, {a[1]}, {sel};"
+    if op.name == "lop3":
+        return f"lop3.b32 {op.dst}, {a[0]}, {a[1]}, {a[2]}, {op.imm:#04x};"
+    if op.name == "sub":
+        return f"sub.u32 {op.dst}, {a[0]}, {a[1]};"
+    if op.name == "and":
+        return f"and.b32 {op.dst}, {a[0]}, {a[1]};"
+    if op.name == "mad":
+        return f"mad.lo.u32 {op.dst}, {a[0]}, {a[1]}, {a[2]};"
+    # f16x2 ops take registers: an immediate is staged in `s` (free wherever one is used)
+    pre, regs = [], []
+    for s in op.srcs:
+        if isinstance(s, int):
+            pre.append(f"mov.b32 s, {s:#010x};")
+            regs.append("s")
+        else:
+            regs.append(s)
+    body = {"hsub2": "sub.rn.f16x2 {d}, {0}, {1};", "hmul2": "mul.rn.f16x2 {d}, {0}, {1};",
+            "hfma2": "fma.rn.f16x2 {d}, {0}, {1}, {2};",
+            "hseteq": "set.eq.f16x2.f16x2 {d}, {0}, {1};"}[op.name]
+    return " ".join(pre + [body.format(*regs, d=op.dst)])
