@@ -10,7 +10,7 @@ Two parts:
    razer4 RTN. "fp32 storage" is what the same artifact weighed when every unquantized tensor
    was written as fp32 (computed from the manifest's tensor table: each `load_as` tensor at 4
    bytes per element); "stored" is the file written.
-2. Quantized embedding / head on SmolLM2-135M-Instruct (tied embeddings; its linear weights
+2. Quantized embedding / head on SmolLM2-135M-Instruct (g64: 128 does not divide K=576) (tied embeddings; its linear weights
    come from llama.cpp Q4_1, blocks of 32): razer4 RTN as default, with `--quantize-head`, and
    with `--quantize-head --quantize-embeddings`; size, bits per parameter and WikiText-2
    perplexity from `qcompile eval --text` (the windows and their length are in the table).
@@ -86,7 +86,7 @@ def smollm2(tmp: Path, windows: int, seq_len: int) -> list[dict]:
     for name, flags in VARIANTS:
         out = tmp / f"smollm2-{len(rows)}"
         qcompile("zoo:smollm2-135m", "--pipeline",
-                 "canonicalize,dce,lower-datatype{format=razer4,search=rtn},dce", *flags,
+                 "canonicalize,dce,lower-datatype{format=razer4,group-size=64,search=rtn},dce", *flags,
                  "-o", str(out))
         numbers = tmp / f"eval-{len(rows)}.json"
         qcompile("eval", str(out), "--text", str(WIKI), "--samples", str(windows),
