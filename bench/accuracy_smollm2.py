@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import smollm2_plan as plan  # noqa: E402
@@ -73,17 +74,18 @@ def reference_logprobs(reference, windows: list[torch.Tensor], cache: Path | Non
     """The fp model's log-probabilities per window (float16, [T, V]), computed once per
     (model, windows) and kept in `cache` for reruns."""
     digest = hashlib.sha256(b"".join(w.numpy().tobytes() for w in windows)).hexdigest()[:16]
-    name = f"bench-ref-{reference.meta.get('name', 'model')}-{digest}.pt"
+    name = f"bench-ref-{reference.meta.get('name', 'model')}-{digest}.safetensors"
     path = cache / name if cache else None
-    if path is not None and path.is_file():
-        return torch.load(path)
+    if path is not None and path.is_file():  # safetensors: a cache file is data, never code
+        stored = load_file(str(path))
+        return [stored[str(i)] for i in range(len(stored))]
     out = []
     with torch.no_grad():
         for w in windows:
             out.append(torch.log_softmax(reference(w)[0].float(), -1).half())
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, path.with_suffix(".tmp"))
+        save_file({str(i): t.contiguous() for i, t in enumerate(out)}, str(path.with_suffix(".tmp")))
         os.replace(path.with_suffix(".tmp"), path)
     return out
 
