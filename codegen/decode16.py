@@ -40,34 +40,14 @@ the fp16x2 partial sum of at most 4 words (16 products per lane).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from qcompiler.codegen import decode16_tables as tables
+from qcompiler.codegen.ptx_ops import (LUT_A_AND_B, LUT_A_AND_B_OR_C, LUT_A_OR_B, Op, prmt_select,
+                                       render)
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan
 
 E2M1 = ((2, 1, True),)  # (EXP_BITS, MAN_BITS, SIGNED) the minifloat decode handles
-
-
-@dataclass(frozen=True)
-class Op:
-    """dst = name(srcs); an int src is a 32-bit immediate (materialized for f16x2 ops)."""
-
-    name: str  # mov shl shr prmt lop3 sub hsub2 hmul2 hfma2 hseteq
-    dst: str
-    srcs: tuple[str | int, ...]
-    imm: int = 0  # shift amount, prmt selector or lop3 truth table
-
-
-def _sel(k: int) -> int:
-    """prmt selector: byte 1 <- byte k of a, byte 3 <- byte k of b (bytes 0, 2 the same)."""
-    return k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12)
-
-
-LUT_A_AND_B_OR_C = 0xEA  # (a & b) | c with a=0xF0, b=0xCC, c=0xAA
-LUT_A_AND_B = 0xC0
-LUT_A_OR_B = 0xFC
 
 
 def program_kind(plan: DecodePlan) -> str | None:
@@ -170,7 +150,7 @@ def word_program(plan: DecodePlan) -> list[Op]:
     if kind == "int":
         ops.append(Op("shr", "ws", ("w",), 4))
         for k in range(4):
-            ops += [Op("prmt", "t", ("w", "ws"), _sel(k)),
+            ops += [Op("prmt", "t", ("w", "ws"), prmt_select(k)),
                     Op("lop3", "t", ("t", 0x000F000F, 0x64006400), LUT_A_AND_B_OR_C),
                     Op("hsub2", "t", ("t", "aux")),
                     Op("hfma2", "acc", ("t", f"x{k}", "acc"))]
@@ -210,7 +190,7 @@ def _seteq_program() -> list[Op]:
            Op("lop3", "w4", ("w4", 0xF0F0F0F0, 0), LUT_A_AND_B),
            Op("lop3", "wm", ("w", 0xF0F0F0F0, 0), LUT_A_AND_B)]
     for k in range(4):
-        ops += [Op("prmt", "a", ("w4", "wm"), _sel(k) | 0x0808),
+        ops += [Op("prmt", "a", ("w4", "wm"), prmt_select(k) | 0x0808),
                 Op("hseteq", "e", ("a", 0x80FF80FF)),  # 1.0 where the code is 8
                 Op("shr", "m", ("a",), 3),
                 Op("lop3", "m", ("m", 0x0E000E00, 0), LUT_A_AND_B),
@@ -265,7 +245,7 @@ def ptx(plan: DecodePlan, words_per_group: int) -> tuple[str, str]:
               if isinstance(n, str) and not n.startswith("$")}  # not the asm's operands
     lines = ["{", f".reg .b32 {', '.join(sorted(names))};",
              ".reg .b16 lo16, hi16;", ".reg .f32 flo, fhi;"]
-    lines += [_ptx_op(op) for op in setup]
+    lines += [render(op) for op in setup]
     for i in range(4):
         if i % words_per_group == 0:
             lines.append("mov.b32 acc, 0;")
@@ -273,8 +253,8 @@ def ptx(plan: DecodePlan, words_per_group: int) -> tuple[str, str]:
         if aux_r:
             lines.append(f"mov.b32 aux, {aux_r[i]};")
         if i % words_per_group == 0:
-            lines += [_ptx_op(op) for op in group]
-        lines += [_ptx_op(op) for op in prog]
+            lines += [render(op) for op in group]
+        lines += [render(op) for op in prog]
         if i % words_per_group == words_per_group - 1:
             j = i - words_per_group + 1  # the chain's first word carries its result
             lines += ["mov.b32 {lo16, hi16}, acc;", "cvt.f32.f16 flo, lo16;",
@@ -285,35 +265,3 @@ def ptx(plan: DecodePlan, words_per_group: int) -> tuple[str, str]:
     cons = ",".join(["=f"] * 4 + ["r"] * (4 * (5 + aux)) + ["f"] * 8 + ["r"] * (4 * len(tab_r)))
     return "\n".join(lines), cons
 
-
-def _ptx_op(op: Op) -> str:
-    def src(s: str | int) -> str:
-        return f"{s:#010x}" if isinstance(s, int) else s
-
-    a = [src(s) for s in op.srcs]
-    if op.name == "shl":
-        return f"shl.b32 {op.dst}, {a[0]}, {op.imm};"
-    if op.name == "shr":
-        return f"shr.u32 {op.dst}, {a[0]}, {op.imm};"
-    if op.name == "mov":
-        return f"mov.b32 {op.dst}, {a[0]};"
-    if op.name == "prmt":
-        if len(a) == 3:  # selector in a register
-            return f"prmt.b32 {op.dst}, {a[0]}, {a[1]}, {a[2]};"
-        return f"prmt.b32 {op.dst}, {a[0]}, {a[1]}, {op.imm:#06x};"
-    if op.name == "lop3":
-        return f"lop3.b32 {op.dst}, {a[0]}, {a[1]}, {a[2]}, {op.imm:#04x};"
-    if op.name == "sub":
-        return f"sub.u32 {op.dst}, {a[0]}, {a[1]};"
-    # f16x2 ops take registers only: an immediate goes through `s` (dead wherever one is used)
-    pre, regs = [], []
-    for s in op.srcs:
-        if isinstance(s, int):
-            pre.append(f"mov.b32 s, {s:#010x};")  # `s` is free whenever an f16x2 imm is used
-            regs.append("s")
-        else:
-            regs.append(s)
-    body = {"hsub2": "sub.rn.f16x2 {d}, {0}, {1};", "hmul2": "mul.rn.f16x2 {d}, {0}, {1};",
-            "hfma2": "fma.rn.f16x2 {d}, {0}, {1}, {2};",
-            "hseteq": "set.eq.f16x2.f16x2 {d}, {0}, {1};"}[op.name]
-    return " ".join(pre + [body.format(*regs, d=op.dst)])

@@ -4,7 +4,8 @@ The pure-Triton fp16 decode (gemm16_decode.py) leaves the pairing of 16-bit lane
 which pairs codes of different bytes and then shuffles them back with PRMT: ~4 SASS
 instructions per code for int4. Here one asm block decodes one 32-bit word (8 codes) with the
 fp16x2 bit placement the M = 1 GEMV introduced (decode16.py at the time of writing; kept here
-as its own op list so the two kernels can evolve apart): `prmt` puts the two nibbles of byte k
+as its own op list so the two kernels can evolve apart; the `Op` type and its rendering are
+shared, codegen/ptx_ops.py): `prmt` puts the two nibbles of byte k
 into the two halves of a register, `lop3` places them in fp16 bit patterns, fp16x2 math makes
 them exact code values `t` (RaZeR's special code: one `set.eq` and one fma against a per-group
 register the asm looks up from the 2-bit metadata: no table load, no branch), and
@@ -22,27 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataclasses import dataclass
-
+from qcompiler.codegen.ptx_ops import LUT_A_AND_B, LUT_A_AND_B_OR_C, Op, prmt_select, render
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan, ScaleKind
-
-LUT_A_AND_B_OR_C = 0xEA  # lop3 truth tables over (a=0xF0, b=0xCC, c=0xAA): (a & b) | c
-LUT_A_AND_B = 0xC0
-
-
-@dataclass(frozen=True)
-class Op:
-    """dst = name(srcs); an int src is a 32-bit immediate (staged in a register where needed)."""
-
-    name: str  # mov shl shr prmt lop3 sub hsub2 hmul2 hfma2 hseteq
-    dst: str
-    srcs: tuple[str | int, ...]
-    imm: int = 0  # shift amount, prmt selector or lop3 truth table
-
-
-def _sel(k: int) -> int:
-    """prmt selector: byte 1 <- byte k of a, byte 3 <- byte k of b (bytes 0, 2 the same)."""
-    return k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12)
 
 
 def supported(plan: DecodePlan) -> bool:
@@ -102,7 +84,7 @@ def _word_ops(plan: DecodePlan) -> list[Op]:
     if plan.family is DecodeFamily.INT:  # (t & 0x000F000F) | 0x64006400 = 1024 + q, minus aux
         ops.append(Op("shr", "ws", ("w",), 4))
         for k in range(4):
-            ops += [Op("prmt", "t", ("w", "ws"), _sel(k)),
+            ops += [Op("prmt", "t", ("w", "ws"), prmt_select(k)),
                     Op("lop3", "t", ("t", 0x000F000F, 0x64006400), LUT_A_AND_B_OR_C),
                     Op("hsub2", "t", ("t", "aux")), Op("out", f"o{k}", ("t",))]
         return ops
@@ -111,7 +93,7 @@ def _word_ops(plan: DecodePlan) -> list[Op]:
         t0, t1 = table_bytes(plan)  # type: ignore[misc]
         ops += [Op("mov", "e", (t0,)), Op("mov", "m", (t1,))]
         for k in range(4):
-            ops += [Op("prmt", "a", ("w4", "w"), _sel(k)),  # signs at bits 15 / 31
+            ops += [Op("prmt", "a", ("w4", "w"), prmt_select(k)),  # signs at bits 15 / 31
                     Op("prmt", "s", ("w4", "w"), k | ((4 + k) << 4)),  # codes at nibbles 1, 3
                     Op("lop3", "s", ("s", 0x7070, 0), LUT_A_AND_B),  # magnitudes; others 0
                     Op("prmt", "t", ("e", "m", "s")),  # fp16 high bytes, low bytes 0
@@ -129,10 +111,10 @@ def _word_ops(plan: DecodePlan) -> list[Op]:
                 Op("lop3", "wm", ("w", 0xF0F0F0F0, 0), LUT_A_AND_B)]
     for k in range(4):
         if special:  # low bytes: sign-replicated code bytes, so code 8 is exactly 0x80FF
-            ops += [Op("prmt", "a", ("w4", "wm"), _sel(k) | 0x0808),
+            ops += [Op("prmt", "a", ("w4", "wm"), prmt_select(k) | 0x0808),
                     Op("hseteq", "e", ("a", 0x80FF80FF))]  # 1.0 where the code is 8
         else:  # code 2k / 2k + 1 at bits 12-15 / 28-31
-            ops.append(Op("prmt", "a", ("w4", "w"), _sel(k)))
+            ops.append(Op("prmt", "a", ("w4", "w"), prmt_select(k)))
         if plan.family is DecodeFamily.MINIFLOAT:  # |v| * 2^-14 placed, times +-2^14
             ops += [Op("shr", "m", ("a",), 3),
                     Op("lop3", "m", ("m", 0x0E000E00, 0), LUT_A_AND_B),
@@ -203,7 +185,7 @@ def ptx(plan: DecodePlan) -> tuple[str, str]:
     prog, consts = _stage_constants(program(plan))
     lines[1] = lines[1][:-1] + "".join(f", {c}" for c in consts) + ";"
     lines += [f"mov.b32 {c}, {v:#010x};" for c, v in consts.items()]
-    lines += [_ptx_op(op) for op in prog]
+    lines += [render(op) for op in prog]
     lines += [f"mov.b32 {{${2 * k}, ${2 * k + 1}}}, o{k};" for k in range(4)]
     lines.append("}")
     cons = ",".join(["=h"] * 8 + ["r"] + (["r"] if aux else []) + ["h"])
@@ -231,37 +213,3 @@ def _stage_constants(prog: list[Op]) -> tuple[list[Op], dict[str, int]]:
         out.append(op)
     return out, consts
 
-
-def _ptx_op(op: Op) -> str:
-    def src(s: str | int) -> str:
-        return f"{s:#010x}" if isinstance(s, int) else s
-
-    a = [src(s) for s in op.srcs]
-    if op.name in ("shl", "shr"):
-        kind = "shl.b32" if op.name == "shl" else "shr.u32"
-        return f"{kind} {op.dst}, {a[0]}, {op.imm};"
-    if op.name == "mov":
-        return f"mov.b32 {op.dst}, {a[0]};"
-    if op.name == "prmt":
-        sel = a[2] if len(a) == 3 else f"{op.imm:#06x}"
-        return f"prmt.b32 {op.dst}, {a[0]}, {a[1]}, {sel};"
-    if op.name == "lop3":
-        return f"lop3.b32 {op.dst}, {a[0]}, {a[1]}, {a[2]}, {op.imm:#04x};"
-    if op.name == "sub":
-        return f"sub.u32 {op.dst}, {a[0]}, {a[1]};"
-    if op.name == "and":
-        return f"and.b32 {op.dst}, {a[0]}, {a[1]};"
-    if op.name == "mad":
-        return f"mad.lo.u32 {op.dst}, {a[0]}, {a[1]}, {a[2]};"
-    # f16x2 ops take registers: an immediate is staged in `s` (free wherever one is used)
-    pre, regs = [], []
-    for s in op.srcs:
-        if isinstance(s, int):
-            pre.append(f"mov.b32 s, {s:#010x};")
-            regs.append("s")
-        else:
-            regs.append(s)
-    body = {"hsub2": "sub.rn.f16x2 {d}, {0}, {1};", "hmul2": "mul.rn.f16x2 {d}, {0}, {1};",
-            "hfma2": "fma.rn.f16x2 {d}, {0}, {1}, {2};",
-            "hseteq": "set.eq.f16x2.f16x2 {d}, {0}, {1};"}[op.name]
-    return " ".join(pre + [body.format(*regs, d=op.dst)])
