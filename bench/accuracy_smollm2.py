@@ -14,6 +14,9 @@ window, which gives its perplexity, KL(P_fp ‖ P_quant) and top-1 agreement tog
 Calibration: `--calib-samples` sequences of `--calib-seqlen` tokens (BOS + text) drawn by the
 calibration seed from the second half of the file's lines (never evaluated on); every
 calibrated row runs once per seed (`--seeds`) and reports the mean and the spread (max - min).
+The calibration statistics are of the fp model (the calibrated pass runs before lower-datatype),
+so rows of one method and seed share them (qcompiler/stats_memo.py; the plan orders the rows
+so): one calibration forward pass per method and seed instead of one per row.
 
 The run writes the rows to OUT.json after every (row, seed) and re-renders OUT.md, so a stop
 loses at most the task in flight; run the same command again to resume (finished tasks are
@@ -152,8 +155,17 @@ def run(args, load, tokenizer, text: str, state: dict, save) -> None:
     rows = state["rows"]
     rows.setdefault("fp", fp_row(cut.windows, ref))
     save()
-    calibrations: dict[int, list] = {}
     only = set(args.only.split(",")) if args.only else None
+    from qcompiler import stats_memo
+
+    # consecutive rows of one method and seed share its statistics of the fp model
+    with stats_memo.reuse(max_entries=2) as counts:
+        run_tasks(args, load, tokenizer, text, rows, cut, ref, only, counts, save)
+
+
+def run_tasks(args, load, tokenizer, text: str, rows: dict, cut, ref, only, counts,
+              save) -> None:
+    calibrations: dict[int, list] = {}
     for row, seed in plan.tasks(args.seeds, only):
         if args.stop_at and datetime.now(timezone.utc).strftime("%H:%M") >= args.stop_at:
             print(f"stop: it is past {args.stop_at} UTC", file=sys.stderr)
@@ -168,8 +180,10 @@ def run(args, load, tokenizer, text: str, state: dict, save) -> None:
                 calibrations[seed] = calibration_batches(
                     text, tokenizer, args.calib_samples, args.calib_seqlen, seed)
             calibration = calibrations[seed]
+        hits = counts["hits"]
         try:
             metrics = run_task(load, row, calibration, cut.windows, ref)
+            metrics["stats_reused"] = counts["hits"] > hits
         except Exception as e:  # a pass that cannot do this model: the row says why, run on
             entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
             traceback.print_exc()
@@ -177,7 +191,9 @@ def run(args, load, tokenizer, text: str, state: dict, save) -> None:
             continue
         entry["runs"].append({"seed": seed if row.calibrated else None, **metrics})
         print(f"{row.key:32} seed {seed}: ppl {metrics['perplexity']:.3f} KL "
-              f"{metrics['kl_mean']:.4f} ({metrics['seconds']:.0f}s)", file=sys.stderr,
+              f"{metrics['kl_mean']:.4f} ({metrics['seconds']:.0f}s, compile "
+              f"{metrics['compile_seconds']:.0f}s, statistics "
+              f"{'reused' if metrics['stats_reused'] else 'collected'})", file=sys.stderr,
               flush=True)
         save()
 

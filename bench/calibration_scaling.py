@@ -18,7 +18,12 @@ The issue's targets for 0.5B: clip under 15 min, gptq under 45 min.
 
     python bench/calibration_scaling.py --layerwise --sizes 0.5B,1B,3B [--samples 8 --seqlen 128]
 
-measures instead the layer-wise `F-max` compile of a streamed checkpoint and its memory budget
+    python bench/calibration_scaling.py --nproc 2 [--passes gptq,clip]
+
+measures the speed-up of calibrating over 2 processes (torch.distributed, gloo;
+bench/distributed_scaling.py), a third table in the same file.
+
+`--layerwise` measures instead the layer-wise `F-max` compile of a streamed checkpoint and its memory budget
 (bench/layerwise_scaling.py has the details); its rows are a second table in the same file.
 Results: bench/results/calibration_scaling.md (rows keyed by size and pass; a rerun replaces
 its rows), with command, machine, date and versions.
@@ -161,6 +166,12 @@ def render(rows: list[dict]) -> str:
         import layerwise_scaling
 
         lines += layerwise_scaling.render(json.loads(LAYERWISE_ROWS.read_text()))
+    distributed_rows = ROOT / "bench" / "results" / "calibration_scaling_distributed.json"
+    if distributed_rows.exists():
+        sys.path.insert(0, str(Path(__file__).parent))
+        import distributed_scaling
+
+        lines += [""] + distributed_scaling.render(json.loads(distributed_rows.read_text()))
     return "\n".join(lines)
 
 
@@ -181,7 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=0,
                    help="--layerwise: keep this many decoder layers (0: the full depth)")
     p.add_argument("--calib-inputs", choices=["quantized", "fp"], default="quantized")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="measure 1 against N processes (bench/distributed_scaling.py); "
+                        f"--samples/--seqlen default to {SAMPLES} x {SEQLEN} there")
+    p.add_argument("--single-thread-only", action="store_true",
+                   help="--nproc: leave out the one-process all-threads run")
     args = p.parse_args(argv)
+    if args.nproc:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import distributed_scaling
+
+        given = {a.split("=")[0] for a in argv}
+        distributed_scaling.run(args.sizes, args.passes, args.format, args.nproc,
+                                args.samples if "--samples" in given else SAMPLES,
+                                args.seqlen if "--seqlen" in given else SEQLEN,
+                                args.single_thread_only)
+        RESULTS.write_text(render(json.loads(ROWS.read_text())))
+        return 0
     if args.render:
         RESULTS.write_text(render(json.loads(ROWS.read_text())))
         return 0
@@ -203,13 +230,14 @@ def _layerwise(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     import layerwise_scaling
 
-    rows = json.loads(LAYERWISE_ROWS.read_text()) if LAYERWISE_ROWS.exists() else []
     sequential = args.calib_inputs == "quantized"
     for size in args.sizes.split(","):
         row = layerwise_scaling.measure(size, args.format, args.samples, args.seqlen,
                                         args.layers or None, sequential)
         print(json.dumps(row), flush=True)
         key = (row["size"], row["layers"], row["format"], row["sequential"])
+        # read now, not at the start: rows that runs in parallel wrote meanwhile stay
+        rows = json.loads(LAYERWISE_ROWS.read_text()) if LAYERWISE_ROWS.exists() else []
         rows = [r for r in rows
                 if (r["size"], r["layers"], r["format"], r["sequential"]) != key] + [row]
         LAYERWISE_ROWS.write_text(json.dumps(rows, indent=1) + "\n")

@@ -9,8 +9,9 @@ child's user + sys CPU seconds (getrusage). The CPU time is the better number on
 machine: wall time grows with the load (the load average before and after is recorded), and
 with torch's default 2 threads a busy machine also inflates CPU time (OpenMP threads spin while
 they wait for a core), so `--threads 1` (OMP_NUM_THREADS=1) measures the work itself.
-A last run reports where the time goes: imports, capture, passes, re-export of the program for
-the artifact (`Program.export`) and the rest of the write.
+A last run reports where the time goes: imports, capture, passes, the ExportedProgram for the
+artifact (`Program.export`: a re-export by torch.export before qcompiler/lift.py, lifted from the
+annotated graph since) and the rest of the write.
 
 stories260k's MLP width 172 is not a multiple of a group size razer4 accepts, so the command
 carries `-g 32 --on-indivisible pad` (as bench/accuracy.py does). Rows go to

@@ -102,10 +102,11 @@ def check_calls(module: Any, t: dict, bias: torch.Tensor,
         ("gemv16 (fp16x2, M=1 default)", 1, lambda x: module.linear(x, t), None),
         ("gemv fp32 (QC_GEMV=fp32)", 1, lambda x: _fp32_gemv(module, x, t), None),
         ("gemv fp32", 3, lambda x: module.linear(x, t), None),
-        ("gemm", 16, lambda x: module.linear(x, t), None),
-        ("gemm", 256 if not dry_run else 20, lambda x: module.linear(x, t), None),
+        (_gemm(module), 16, lambda x: module.linear(x, t), None),
+        (_gemm(module), 256 if not dry_run else 20, lambda x: module.linear(x, t), None),
         ("gemv split-K 4 + bias", 1, lambda x: module.gemv(x, t, bias, split_v), bias),
-        ("gemm split-K 2 + bias", 16, lambda x: module.gemm(x, t, bias, split_m), bias),
+        (f"{_gemm(module)} split-K 2 + bias", 16, lambda x: module.gemm(x, t, bias, split_m),
+         bias),
     ]
 
 
@@ -248,7 +249,13 @@ def timing(ctx: Any, report: Any, deadline: float) -> None:
 def _kernel(module: Any, m: int) -> str:
     if m == 1 and getattr(module, "GEMV16_KERNEL", None) is not None:
         return "gemv16"
-    return "gemv" if m <= module.GEMV_MAX_M else "gemm"
+    return "gemv" if m <= module.GEMV_MAX_M else _gemm(module)
+
+
+def _gemm(module: Any) -> str:
+    """The GEMM fp16 activations run: "gemm16" (tensor cores, fp16 decode: the 4-bit formats,
+    nf4 included) or "gemm" (fp32 decode)."""
+    return "gemm16" if getattr(module, "GEMM16_KERNEL", None) is not None else "gemm"
 
 
 def _target(row: dict) -> str:

@@ -9,12 +9,15 @@ family, at their own group size) is compiled for `cuda:90` with Triton's pipelin
 ptxas (`qcompiler.codegen.aot`, untuned default configs), and the hot loop's SASS is counted:
 "instr / code" = instructions of the kernel's largest loop divided by the codes one thread
 decodes per iteration. At M = 1 both GEMV kernels are counted: the default fp16x2 one and the
-fp32-FMA one it replaced (`QC_GEMV=fp32` selects it at run time); M = 16 and 256 are the GEMM.
+fp32-FMA one it replaced (`QC_GEMV=fp32` selects it at run time); at M = 16 and 256 both GEMMs:
+the default (the tensor-core gemm16 for the 4-bit formats) and the fp32-decode one
+(`QC_GEMM=fp32`; the same kernel for formats without gemm16).
 
 Why this number: an H200 issues about 3.3e13 thread-instructions/s and a 4-bit g128 weight
 stream at 85 % of 4.8 TB/s delivers about 7.9e12 codes/s, so an M = 1 GEMV stays memory-bound
 only below about 4.2 instructions per code (H100: about 5.8). Budgets checked here (issue 12):
-M = 1: every 4-bit format <= 4.5, nf4 <= 6, razer4 <= int4-sym + 0.5; M = 16 / 256: <= 6.
+M = 1: every 4-bit format <= 4.5, nf4 <= 6, razer4 <= int4-sym + 0.5; M = 16 / 256: <= 6;
+and no default kernel spills registers (local-memory LDL / STL in its SASS).
 This is a static count, not a timing: `bench/kernels.py` measures on a GPU.
 Exit codes: 0 ok, 1 a kernel failed to compile, 2 usage error (or TRITON_INTERPRET set).
 """
@@ -38,7 +41,7 @@ FORMATS = ("int4-sym", "int4", "fp4", "razer4", "pot4", "dint4", "nf4", "mxfp4",
            "nvfp4-razer", "int3", "pot3", "int2", "pot2", "int8", "fp8-e4m3")
 M_VALUES = (1, 16, 256)
 BUDGET_M1, BUDGET_NF4, BUDGET_GEMM, RAZER_SLACK = 4.5, 6.0, 6.0, 0.5
-COLUMNS = ("gemv", "gemv-fp32", "gemm16", "gemm256")
+COLUMNS = ("gemv", "gemv-fp32", "gemm16", "gemm256", "gemm16-fp32", "gemm256-fp32")
 
 
 def measure(fmt: str, n: int, k: int, group: int | None, ms: tuple[int, ...] = M_VALUES) -> dict:
@@ -60,12 +63,13 @@ def measure(fmt: str, n: int, k: int, group: int | None, ms: tuple[int, ...] = M
         kind = kind_for(b)
         cfg = default_config(spec, kind, b, limits).as_launch_dict()
         kinds = (("gemv", "gemv"), ("gemv-fp32", "gemv-fp32")) if m == 1 else \
-            ((f"gemm{m}", "gemm"),)
+            ((f"gemm{m}", "gemm"), (f"gemm{m}-fp32", "gemm-fp32"))
         for column, kernel_kind in kinds:
             c = compile_kernel(module, kernel_kind, cfg, sass=True)
             per = (c.loop_instructions / c.codes_per_thread
                    if c.loop_instructions and c.codes_per_thread else None)
-            row[column] = {"per_code": per, "loop": c.loop_instructions, "config": cfg}
+            row[column] = {"per_code": per, "loop": c.loop_instructions, "config": cfg,
+                           "spills": c.local_memory}
     return row
 
 
@@ -100,6 +104,21 @@ def verdicts(rows: list[dict]) -> list[str]:
             ok = v <= BUDGET_GEMM
             out.append(f"M = {m}, every 4-bit format <= {BUDGET_GEMM}: "
                        f"{'met' if ok else 'NOT met'} (worst {f} {v:.2f})")
+    label = {"gemv": "GEMV M=1", "gemv-fp32": "GEMV M=1 fp32", "gemm16": "GEMM M=16",
+             "gemm256": "GEMM M=256", "gemm16-fp32": "GEMM M=16 fp32",
+             "gemm256-fp32": "GEMM M=256 fp32"}
+
+    def spilled(cols: tuple[str, ...]) -> list[str]:
+        return [f"{r['format']} {label[c]} ({r[c]['spills']})" for r in rows for c in cols
+                if (r.get(c) or {}).get("spills")]
+
+    if any((r.get(c) or {}).get("spills") is not None for r in rows for c in COLUMNS):
+        default = spilled(("gemv", "gemm16", "gemm256"))
+        out.append("no register spills (LDL / STL anywhere in the kernel) in the default "
+                   "kernels: " + ("met" if not default else "NOT met: " + ", ".join(default)))
+        old = spilled(("gemv-fp32", "gemm16-fp32", "gemm256-fp32"))
+        if old:
+            out.append("(not a budget) the fp32 comparison kernels that spill: " + ", ".join(old))
     return out
 
 
@@ -127,11 +146,13 @@ def render(rows: list[dict], n: int, k: int, argv: list[str],
         "iteration (GEMM counts include the MMA and x loads); \"before\" = the fp32-FMA GEMV "
         "with its old default (32 rows per program), from "
         "`kernels-sm90-static-llama3-before.json`; "
-        "a fp32 entry equal to the fp16x2 one means the format has no fp16x2 decode",
+        "a fp32 entry equal to the default one means the format has no fp16x2 decode (GEMV) "
+        "or no tensor-core fp16 decode (GEMM)",
         "",
         "| format | group | GEMV M=1 before | GEMV M=1 (fp16x2, default) "
-        "| GEMV M=1 (fp32, `QC_GEMV=fp32`) | GEMM M=16 | GEMM M=256 |",
-        "|---|---|---|---|---|---|---|",
+        "| GEMV M=1 (fp32, `QC_GEMV=fp32`) | GEMM M=16 | GEMM M=256 "
+        "| GEMM M=16 (fp32, `QC_GEMM=fp32`) | GEMM M=256 (fp32) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     before = before or {}
     for r in rows:

@@ -170,7 +170,10 @@ def render(rows: list[dict]) -> list[str]:
         "Budget (the issue's goal): 1 GiB + 3 x one decoder layer's fp32 weights + activations "
         "(2 x S x L x hidden x 4 bytes) + the packed output (the artifact's codes, scales and "
         "metadata). `layers` < full depth: the checkpoint keeps that many decoder layers of the "
-        "same widths (memory is flat in depth; compare rows of one size).", "",
+        "same widths (memory is flat in depth; compare rows of one size). Rows dated before "
+        "2026-12-03 were measured before GPTQ factored its Hessian in place (several K x K "
+        "float64 buffers, 512 MiB each at K = 8192, instead of one; docs/LAYERWISE.md, Memory).",
+        "",
         "| size | layers | format | S x L | mode | peak RSS (MiB) | budget (MiB) | met | layer "
         "fp32 (MiB) | packed (MiB) | gptq (s) | wall (s) | CPU (s) | load | date |",
         "|---" * 15 + "|",

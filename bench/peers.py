@@ -18,7 +18,8 @@ dequantized weights as safetensors (never pickle). Both sides see:
   dequantized weights into the fp program.
 Format: symmetric INT4 with one scale per group of `group` along K (int4-sym; g32 on
 stories260k, g128 on the 512-wide Llama); lm_head stays in float on both sides.
-Rows: RTN (no calibration, run once), GPTQ at matched settings (ours: `search=rtn,
+Rows: RTN (no calibration, run once; ours both textbook, `search=rtn`, and by default, the
+format's clip search), GPTQ at matched settings (ours: `search=rtn,
 act-order=true`, theirs: GPTQModifier defaults, static act-order), our default GPTQ, and ours
 with `search=half-step,act-order=true` (qcompiler/gptq_core.py).
 """
@@ -52,6 +53,7 @@ def our_pipelines(group: int) -> dict[str, str]:
     q = f"format=int4-sym,group-size={group}"
     return {
         "rtn": f"canonicalize,dce,lower-datatype{{{q},search=rtn}},dce",
+        "rtn (default)": f"canonicalize,dce,{low},dce",
         "gptq (matched)": f"canonicalize,dce,gptq{{{q},search=rtn,act-order=true}},{low},dce",
         "gptq (default)": f"canonicalize,dce,gptq{{{q}}},{low},dce",
         "gptq (half-step)": f"canonicalize,dce,gptq{{{q},search=half-step,act-order=true}},"
@@ -105,9 +107,11 @@ def run_peer(venv: Path, model_dir: Path, calib: Path, method: str, group: int,
 
 
 def run(models: list[str], seeds: int, venv: Path, work: Path,
-        save: Path | None = None) -> list[dict]:
+        save: Path | None = None, methods: list[str] | None = None,
+        peer: bool = True) -> list[dict]:
     """Every row; with `save`, the rows so far are rewritten there after each one (a long run
-    cut short keeps what it measured: render it with --render)."""
+    cut short keeps what it measured: render it with --render). `methods` limits our rows,
+    `peer=False` skips the peer's (to add rows to an earlier run's JSON)."""
     from safetensors.torch import save_file
 
     from qcompiler.calibration import CalibrationConfig, make_batches
@@ -130,7 +134,7 @@ def run(models: list[str], seeds: int, venv: Path, work: Path,
             calib = work / f"{model}-calib-s{seed}.safetensors"
             save_file({f"seq{i:03d}": b.contiguous() for i, b in enumerate(batches)}, str(calib))
             for method, spec in our_pipelines(group).items():
-                if method == "rtn" and seed:
+                if (method.startswith("rtn") and seed) or (methods and method not in methods):
                     continue
                 start = time.perf_counter()
                 result = compile(capture_hf_dir(model_dir), pipeline=spec, quiet=True,
@@ -142,7 +146,7 @@ def run(models: list[str], seeds: int, venv: Path, work: Path,
                 print(f"{model} qcompiler {method} s{seed}: KL {m['kl']:.4f} "
                       f"top1 {m['top1']:.4f}", file=sys.stderr)
                 _save(rows, save)
-            for method in ("rtn", "gptq"):
+            for method in ("rtn", "gptq") if peer else ():
                 if method == "rtn" and seed:
                     continue
                 start = time.perf_counter()
@@ -176,7 +180,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         s["kl"] = sum(s["kls"]) / len(s["kls"])
         s["top1"] = sum(s["top1s"]) / len(s["top1s"])
         s["spread"] = max(s["kls"]) - min(s["kls"])
-    return list(out.values())
+    methods = [*our_pipelines(32), "gptq (matched)"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    return sorted(out.values(), key=lambda s: (models.index(s["model"]), s["side"] != "qcompiler",
+                                              methods.index(s["method"])))
 
 
 def verdicts(summary: list[dict]) -> list[str]:
@@ -185,9 +192,10 @@ def verdicts(summary: list[dict]) -> list[str]:
     for model in dict.fromkeys(s["model"] for s in summary):
         by = {(s["side"], s["method"]): s for s in summary if s["model"] == model}
         theirs = by.get(("llm-compressor", "gptq (matched)"))
-        for method in ("rtn", "gptq (matched)", "gptq (default)", "gptq (half-step)"):
+        for method in ("rtn", "rtn (default)", "gptq (matched)", "gptq (default)",
+                       "gptq (half-step)"):
             ours = by.get(("qcompiler", method))
-            peer = by.get(("llm-compressor", "rtn")) if method == "rtn" else theirs
+            peer = by.get(("llm-compressor", "rtn")) if method.startswith("rtn") else theirs
             if ours is None or peer is None:
                 continue
             gap = peer["kl"] - ours["kl"]  # > 0: ours is better
@@ -196,7 +204,7 @@ def verdicts(summary: list[dict]) -> list[str]:
             if abs(gap) <= noise:
                 word = f"tie (within the seed spread {noise:.3g})"
             lines.append(f"- {model}, ours {method} vs theirs "
-                         f"{'rtn' if method == 'rtn' else 'gptq'}: KL {ours['kl']:.4f} vs "
+                         f"{'rtn' if method.startswith('rtn') else 'gptq'}: KL {ours['kl']:.4f} vs "
                          f"{peer['kl']:.4f} ({gap:+.4f}): {word}")
     return lines
 
@@ -236,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS), help="results file, or - for stdout")
     p.add_argument("--render", default=None, metavar="JSON[,JSON]",
                    help="only render the results file from rows saved by earlier runs")
+    p.add_argument("--methods", default=None, metavar="M[,M]",
+                   help=f"only these of our rows ({', '.join(our_pipelines(32))})")
+    p.add_argument("--no-peer", action="store_true",
+                   help="skip llm-compressor's rows (add ours to an earlier run via --render)")
     args = p.parse_args(argv)
     if args.render:
         rows = [r for f in args.render.split(",") for r in json.loads(Path(f).read_text())]
@@ -249,11 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown model {unknown[0]}; choose from {', '.join(MODELS)}",
               file=sys.stderr)
         return 2
-    ensure_venv(args.venv)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    bad = [m for m in methods or () if m not in our_pipelines(32)]
+    if bad:
+        print(f"error: unknown method {bad[0]!r}; choose from {', '.join(our_pipelines(32))}",
+              file=sys.stderr)
+        return 2
+    if not args.no_peer:
+        ensure_venv(args.venv)
     command = "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     partial = None if args.out == "-" else Path(args.out).with_suffix(".partial.json")
     with tempfile.TemporaryDirectory(prefix="qc-peers-") as tmp:
-        rows = run(models, args.seeds, args.venv, Path(tmp), partial)
+        rows = run(models, args.seeds, args.venv, Path(tmp), partial, methods,
+                   peer=not args.no_peer)
     for r in rows:
         r["command"] = command.strip()
     text = markdown(rows, command.strip(), args.venv)

@@ -109,19 +109,17 @@ def rows() -> list[Row]:
     for a in ACTS:
         add(Row(W4A8_WEIGHTS, "w4a8", act=a, tier=1))
     add(Row("razer4", "kv4", kv="razer4", tier=1))
-    # tier 2: calibrated rows the claims need
-    for f in ("razer4", "fp4", "int4", "int4-sym"):
-        add(Row(f, "gptq", tier=2))
+    # tier 2: calibrated rows the claims need, grouped by method so that consecutive rows
+    # share the method's calibration statistics (qcompiler/stats_memo.py: one collection per
+    # method and seed instead of one per row)
+    for m in ("gptq", "clip", "awq"):
+        for f in ("razer4", "fp4", "int4", "nvfp4", "nvfp4-razer", "int4-sym"):
+            add(Row(f, m, tier=2))
+    for m in ("smooth", "aqas"):
+        for a in ACTS:
+            add(Row(W4A8_WEIGHTS, m, act=a, tier=2))
     add(Row("pot3", "pot-refine", tier=2))
-    for m in ("smooth", "aqas"):
-        add(Row(W4A8_WEIGHTS, m, act="int8", tier=2))
-    for f in ("nvfp4", "nvfp4-razer"):
-        add(Row(f, "gptq", tier=2))
     add(Row("int3", "gptq", tier=2))
-    for f in ("razer4", "fp4", "int4", "int4-sym"):
-        add(Row(f, "awq", tier=2))
-    for m in ("smooth", "aqas"):
-        add(Row(W4A8_WEIGHTS, m, act="fp8-e4m3", tier=2))
     # tier 4: the rest of the matrix
     seen = {r.key for r in out}
     rest = [Row(f, "rtn") for f in WEIGHT_FORMATS]

@@ -132,6 +132,16 @@ def claims(by: dict[str, dict]) -> list[str]:
     return out
 
 
+POT3_NOTE = (
+    "pot3 RTN is not a bug in the quantizer: PoT (FORMATS.md, PoTPTQ) has no code for zero, so "
+    "every weight below max/16 of its g64 group is stored as +-max/8 instead of near 0. Per "
+    "linear its weight error stays close to int3's, yet the model collapses. "
+    "bench/pot3_diagnosis.py (results: bench/results/pot3_diagnosis.md) reproduces it with the "
+    "formats' own quantize/dequantize, no pipeline, and changes one thing at a time: a zero code, "
+    "the columns that read the 1% largest-RMS input channels kept fp, pot3 on v_proj alone or on "
+    "every other linear alone.")
+
+
 def deviations(state: dict, seeds: int) -> list[str]:
     got = {"eval_tokens": state.get("eval_tokens", 0),
            "calib_samples": state.get("calib_samples"),
@@ -189,6 +199,8 @@ def markdown(state: dict, seeds: int) -> str:
                   "stopped at its time limit before reaching them, or --only left them out): " + ", ".join(
                       f"{r.format} {r.method}{' ' + r.act if r.act else ''}" for r in missing)
                   + ".", ""]
+    if any(r["format"] == "pot3" and r["method"] == "rtn" and r["runs"] for r in rows):
+        lines += [POT3_NOTE, ""]
     lines += claims(by)
     lines += ["## Pipelines", "", "Every row's pipeline (`qcompile zoo:smollm2-135m --pipeline "
               "'...'`):", ""] + [f"- {r['format']} {label(r)}: `{r['pipeline']}`" for r in rows]

@@ -40,6 +40,8 @@ class Compiled:
     loop_instructions: int | None = None
     codes_per_thread: float | None = None
     loop_sass: tuple[str, ...] = ()  # the hot loop's SASS instructions (with --sass)
+    # local-memory instructions (LDL / STL: register spills) in the whole kernel (with --sass)
+    local_memory: int | None = None
 
 
 def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target: str = "cuda:90",
@@ -50,7 +52,9 @@ def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target
 
     kernels = {"gemv": module.GEMV_KERNEL, "gemm": module.GEMM_KERNEL,
                # the fp32-FMA GEMV the fp16x2 one replaced (QC_GEMV=fp32), for comparisons
-               "gemv-fp32": getattr(module, "GEMV_FP32_KERNEL", module.GEMV_KERNEL)}
+               "gemv-fp32": getattr(module, "GEMV_FP32_KERNEL", module.GEMV_KERNEL),
+               # the fp32-decode GEMM gemm16 replaced (QC_GEMM=fp32), likewise
+               "gemm-fp32": getattr(module, "GEMM_FP32_KERNEL", module.GEMM_KERNEL)}
     if kind == "gemv" and (config["BLOCK_K"] % 32 or module.K % 32
                            or (module.GROUP_SIZE % 32 and module.GROUP_SIZE != 16)):
         kind = "gemv-fp32"  # what the launcher runs then (gemv16 needs whole 32-code chunks)
@@ -87,15 +91,17 @@ def compile_kernel(module: ModuleType, kind: str, config: dict[str, int], target
                               options={"num_warps": config["num_warps"],
                                        "num_stages": config["num_stages"]})
     seconds = time.perf_counter() - start
-    loop = per_thread = None
+    loop = per_thread = local = None
     body: tuple[str, ...] = ()
     if sass:
-        body = tuple(loop_sass(compiled.asm["cubin"]))
+        text = _disassemble(compiled.asm["cubin"])
+        body = tuple(_largest_loop(text))
         loop = len(body) or None
+        local = local_memory_ops(text) if text else None
         # codes one thread decodes per loop iteration (the whole tile, spread over the warps)
         per_thread = config["BLOCK_N"] * config["BLOCK_K"] / (32 * config["num_warps"])
     return Compiled(kernel.__name__ if hasattr(kernel, "__name__") else kind, config, seconds,
-                    int(compiled.metadata.shared), loop, per_thread, body)
+                    int(compiled.metadata.shared), loop, per_thread, body, local)
 
 
 def _loop_instructions(cubin: bytes) -> int | None:
@@ -105,14 +111,28 @@ def _loop_instructions(cubin: bytes) -> int | None:
 
 def loop_sass(cubin: bytes) -> list[str]:
     """The SASS instructions of the cubin's largest backward-branch loop ([] without nvdisasm)."""
+    return _largest_loop(_disassemble(cubin))
+
+
+def _disassemble(cubin: bytes) -> str:
+    """nvdisasm's text of a cubin ("" without nvdisasm)."""
     nvdisasm = _tool("nvdisasm")
     if nvdisasm is None:
-        return []
+        return ""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True,
+        return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True,
                               check=False).stdout
+
+
+def local_memory_ops(text: str) -> int:
+    """LDL / STL instructions (register spills to local memory) in nvdisasm text."""
+    return len(re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(?:LDL|STL)\b", text))
+
+
+def _largest_loop(text: str) -> list[str]:
+    """The instructions of the largest backward-branch loop in nvdisasm text."""
     labels: dict[str, int] = {}
     seq: list[str] = []
     for line in text.splitlines():
@@ -197,6 +217,8 @@ def _compile_spec(spec: Any, module: ModuleType, args: argparse.Namespace, limit
             if c.loop_instructions and c.codes_per_thread:
                 extra = (f" loop={c.loop_instructions} instr, "
                          f"{c.loop_instructions / c.codes_per_thread:.2f}/code/thread")
+            if c.local_memory:
+                extra += f" spills={c.local_memory} LDL/STL"
             print(f"ok   {c.kernel} m{m} {_short(launch)} {c.seconds:.1f}s "
                   f"smem={c.shared_bytes}{extra}")
     return failed

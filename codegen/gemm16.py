@@ -13,13 +13,17 @@ instructions per code at M = 16 and 256 on sm_90. Here:
   on sm_90 a wgmma whose weight operand Triton stores once to shared memory;
 - at M <= 16 the MMA tile is padded to 64 rows (wgmma's M; rows past BLOCK_M read x = 0 and
   are folded away after the loop);
+- table words a `prmt` needs in vector registers (nf4, dint4, RaZeR: gemm16_asm.opaque_tables)
+  are built once before the loop, opaque to ptxas, and passed to every asm block;
 - group data is loaded once per tile and row when the tile lies in one group (BLOCK_K <=
   group), else once per group and repeated for its words in registers (g16_expand); the
   scale codec's 2^u (nvfp4) and the per-tensor fp32 scale multiply the fp32 accumulator.
 
 Numerics: every weight is fp16(reference) exactly (gemm16_decode.py says why; the tests check
-every byte value). The fp16 x fp16 products are exact in the MMA's fp32 accumulator, which
-rounds each addition in fp32; y is rounded once to fp16. Hence, against the exact x W:
+every byte value), except nf4's: its float32 table is read rounded to fp16, as at M = 1, so
+its weight is fp16(fp16(v) * scale), and the 2^-11 below is 2^-10 + 2^-22 for nf4. The
+fp16 x fp16 products are exact in the MMA's fp32 accumulator, which rounds each addition in
+fp32; y is rounded once to fp16. Hence, against the exact x W:
     |y - x W| <= (2^-11 + K 2^-24) sum_k |x_k w_k| + 2^-11 |y|
 (2^-11: the weight's fp16 rounding; K 2^-24: fp32 accumulation in any order). Only fp16
 activations use this kernel; bf16 / fp32 x and the formats it does not decode run gemm.py.
@@ -29,7 +33,9 @@ from __future__ import annotations
 
 from string import Template
 
-from qcompiler.codegen import epilogue, gemm16_asm
+import numpy as np
+
+from qcompiler.codegen import decode16, decode16_tables, epilogue, gemm16_asm
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan, ScaleKind
 
 KERNEL = Template('''\
@@ -81,7 +87,7 @@ def ${name}(
     x_rows = x_ptr + offs_mm[:, None] * stride_xm  # [MMA_M, 1]
     g_rows = offs_n[:, None] * GROUPS  # [BLOCK_N, 1]
 
-    acc = tl.zeros((MMA_M, BLOCK_N), dtype=tl.float32)
+${tables}    acc = tl.zeros((MMA_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, SPLIT_K * BLOCK_K):
         wd = tl.max_contiguous(tl.multiple_of(k0 // 8 + offs_w, BLOCK_W), BLOCK_W)
         w_mask = n_mask[:, None] & (wd < ROW_WORDS)[None, :]
@@ -177,9 +183,14 @@ def render(name: str, plan: DecodePlan) -> str:
         dec = f"h16_e2m1({{c}}, f1, s, aux, SPECIAL={special})"
     elif fam is DecodeFamily.POT:
         dec = f"h16_pot({{c}}, s, BASE={15 + p['E0']})"
+    elif gemm16_asm.table16(plan) is not None:  # nf4: the values rounded to fp16, as the asm
+        vals = decode16_tables.code_values(plan) or []
+        dec = "h16_table16({c}, s, " + ", ".join(repr(float(np.float16(v))) for v in vals) + ")"
     else:
         dec = "h16_dint({c}, s)"
     asm_args.append("tl.broadcast_to(s, words.shape)")
+    asm_args += [f"tl.broadcast_to(tab_{r}, words.shape)"
+                 for r, _ in gemm16_asm.opaque_tables(plan)]
     asm = (f"            {', '.join(f'p{j}' for j in range(8))} = tl.inline_asm_elementwise(\n"
            f"                ASM16_{plan.ident}, CONSTRAINTS16_{plan.ident},\n"
            f"                [{', '.join(asm_args)}],\n"
@@ -189,6 +200,7 @@ def render(name: str, plan: DecodePlan) -> str:
               + _decode_planes(dec) + "\n" + _interleave())
     post = dict(plan.scale_params).get("UNBIAS", 1.0) if gemm16_asm.folds_scale(plan) else 1.0
     return KERNEL.substitute(name=name, format=plan.format, group_data="\n".join(lines),
+                             tables=_tables(plan),
                              decode=decode, post=repr(float(post)),
                              epilogue=epilogue.render("acc"))
 
@@ -197,7 +209,26 @@ def render_asm(plan: DecodePlan) -> str:
     """The module-level asm text and constraints the kernel's USE_ASM branch uses."""
     asm, cons = gemm16_asm.ptx(plan)
     return (f'ASM16_{plan.ident} = tl.constexpr("""\n{asm}\n""")\n'
-            f"CONSTRAINTS16_{plan.ident} = tl.constexpr({cons!r})")
+            f"CONSTRAINTS16_{plan.ident} = tl.constexpr({cons!r})\n"
+            f"OPAQUE16_{plan.ident} = tl.constexpr({decode16.OPAQUE_ASM!r})")
+
+
+def _tables(plan: DecodePlan) -> str:
+    """Kernel lines building the asm's vector-register table words once, before the loop: one
+    [1, 1] value each (one register per thread, broadcast to the word tile), ORed with a
+    runtime zero ptxas cannot see through (decode16.OPAQUE_ASM), so it is not a uniform
+    constant copied before every use."""
+    tabs = gemm16_asm.opaque_tables(plan)
+    if not tabs:
+        return ""
+    lines = ["    opaque_zero = tl.zeros((1, 1), tl.int32) + (stride_xm < 0).to(tl.int32)"]
+    for reg, value in tabs:
+        v = value - (1 << 32) if value >= 1 << 31 else value  # an int32 literal
+        lines += [f"    tab_{reg} = tl.full((1, 1), {v}, tl.int32)",
+                  "    if USE_ASM:",
+                  f"        tab_{reg} = tl.inline_asm_elementwise(OPAQUE16_{plan.ident}, "
+                  f'"=r,r,r", [tab_{reg}, opaque_zero], dtype=tl.int32, is_pure=True, pack=1)']
+    return "".join(line + "\n" for line in lines)
 
 
 def _decode_planes(dec: str) -> str:

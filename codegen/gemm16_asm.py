@@ -8,28 +8,32 @@ as its own op list so the two kernels can evolve apart; the `Op` type and its re
 shared, codegen/ptx_ops.py): `prmt` puts the two nibbles of byte k
 into the two halves of a register, `lop3` places them in fp16 bit patterns, fp16x2 math makes
 them exact code values `t` (RaZeR's special code: one `set.eq` and one fma against a per-group
-register the asm looks up from the 2-bit metadata: no table load, no branch), and
+register the asm looks up from the 2-bit metadata: no table load, no branch; nf4: the M = 1
+GEMV's 8-entry byte tables of its 16 values rounded to fp16, `_table16_ops`), and
 `mul.rn.f16x2 o_k, t, sp` applies the group scale (nvfp4: the scale * 2^(14 - u) is the sign
 multiplier itself, `folds_scale`). Every `t` is exact in fp16 and the scale is an exact fp16
 number, so the one rounding of `t * scale` is fp16(reference): the same numbers the
-pure-Triton decode gives, which the interpreter runs (USE_ASM=False) in its place.
+pure-Triton decode gives, which the interpreter runs (USE_ASM=False) in its place (nf4: `t` is
+fp16(v), not v, so the weight is fp16(fp16(v) * scale), `rounds_values`).
 
 `program(plan)` is the op list; `ptx(plan)` renders it; gemm16_sim.emulate runs it in NumPy
 for the exhaustive test (tests/codegen/test_gemm16.py: all 256 byte values x specials x
-scales against the formats' `dequantize`).
+scales against the formats' `dequantize`; nf4 against fp16(fp16(v) * s)).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from qcompiler.codegen import decode16_tables
 from qcompiler.codegen.ptx_ops import LUT_A_AND_B, LUT_A_AND_B_OR_C, Op, prmt_select, render
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan, ScaleKind
 
 
 def supported(plan: DecodePlan) -> bool:
-    """4-bit formats with a bit-arithmetic decode: int (offset binary, with or without zero
-    points), E2M1 (RaZeR's special code 8 included), pot4, sign-magnitude tables (dint4)."""
+    """4-bit formats with a bit-arithmetic or byte-table decode: int (offset binary, with or
+    without zero points), E2M1 (RaZeR's special code 8 included), pot4, sign-magnitude tables
+    (dint4), 16-entry tables whose values are finite in fp16 (nf4, `table16`)."""
     p = dict(plan.params)
     if plan.bits != 4 or plan.elems_per_unit != 2 or plan.unit_bytes != 1:
         return False
@@ -47,8 +51,23 @@ def supported(plan: DecodePlan) -> bool:
     if plan.family is DecodeFamily.POT:
         return p["MAG_BITS"] == 3 and 1 <= 15 + p["E0"] - 7 and 15 + p["E0"] <= 30
     if plan.family is DecodeFamily.TABLE:
-        return table_bytes(plan) is not None
+        return table_bytes(plan) is not None or table16(plan) is not None
     return False
+
+
+def table16(plan: DecodePlan) -> tuple[int, ...] | None:
+    """Tables that are not sign-magnitude fp16 bytes (nf4): the eight `prmt` table words of
+    decode16_tables.full_table (fp16 high / low bytes of codes 0-7 and 8-15, each value
+    rounded to fp16), or None (dint4 and the non-table families use their own programs)."""
+    if plan.family is not DecodeFamily.TABLE or table_bytes(plan) is not None:
+        return None
+    return decode16_tables.full_table(plan)
+
+
+def rounds_values(plan: DecodePlan) -> bool:
+    """Whether the decode reads fp16-rounded table values (nf4: its float32 table is not exact
+    in fp16), so a weight is fp16(fp16(v) * scale), not fp16(v * scale)."""
+    return table16(plan) is not None and decode16_tables.rounds_values(plan)
 
 
 def table_bytes(plan: DecodePlan) -> tuple[int, int] | None:
@@ -89,9 +108,11 @@ def _word_ops(plan: DecodePlan) -> list[Op]:
                     Op("hsub2", "t", ("t", "aux")), Op("out", f"o{k}", ("t",))]
         return ops
     ops.append(Op("shl", "w4", ("w",), 4))
+    if table16(plan) is not None:
+        return ops + _table16_ops(table16(plan))  # type: ignore[arg-type]
     if plan.family is DecodeFamily.TABLE:  # 8 magnitudes by prmt, sign from the code's bit 3
         t0, t1 = table_bytes(plan)  # type: ignore[misc]
-        ops += [Op("mov", "e", (t0,)), Op("mov", "m", (t1,))]
+        ops += [Op("movv", "e", (t0,)), Op("mov", "m", (t1,))]  # e: see opaque_tables
         for k in range(4):
             ops += [Op("prmt", "a", ("w4", "w"), prmt_select(k)),  # signs at bits 15 / 31
                     Op("prmt", "s", ("w4", "w"), k | ((4 + k) << 4)),  # codes at nibbles 1, 3
@@ -103,7 +124,7 @@ def _word_ops(plan: DecodePlan) -> list[Op]:
     special = plan.family is DecodeFamily.MINIFLOAT and p.get("SPECIAL_CODE") == 8
     if special:  # the group's -special * 2^-14 pair: halves 2 meta, 2 meta + 1 of a table
         h = [special_pair(p[f"SPECIAL_{i}"]) & 0xFFFF for i in range(4)]
-        ops += [Op("mov", "tl", (h[0] | h[1] << 16,)), Op("mov", "th", (h[2] | h[3] << 16,)),
+        ops += [Op("movv", "tl", (h[0] | h[1] << 16,)), Op("mov", "th", (h[2] | h[3] << 16,)),
                 Op("mad", "e", ("meta", 0x2222, 0x1010)),  # selector bytes 2m, 2m+1, 2m, 2m+1
                 Op("prmt", "aux", ("tl", "th", "e"))]
         # clear the junk nibbles: a lane is then exactly (code << 12) | 0x00 or 0xFF
@@ -129,6 +150,33 @@ def _word_ops(plan: DecodePlan) -> list[Op]:
                     Op("sub", "m", (base | (base << 16), "m")),
                     Op("lop3", "t", ("a", 0x80008000, "m"), LUT_A_AND_B_OR_C)]
         ops.append(Op("out", f"o{k}", ("t",)))
+    return ops
+
+
+TABLE16_REGS = ("ha0", "ha1", "hb0", "hb1", "la0", "la1", "lb0", "lb1")
+
+
+def _table16_ops(words: tuple[int, ...]) -> list[Op]:
+    """16 arbitrary fp16 values (nf4), 4 codes per half word h (codes 4h .. 4h + 3) with the
+    M = 1 GEMV's byte tables (decode16_tables): one `prmt` per table of 8 bytes looks up 4
+    codes, so the high bytes of codes 0-7 and of 8-15 are two `prmt`, merged by the code's
+    bit 3 (a byte mask from one more `prmt`) in one `lop3`; the same for the low bytes; two
+    `prmt` interleave low and high bytes into the fp16x2 pairs (codes 4h + 2j, 4h + 2j + 1).
+    Per word: 3 + 2 x 9 = 21 before the 4 scale multiplies. Expects w4 = w << 4."""
+    # a prmt takes one table word as an immediate; the other ("movv") must be a vector
+    # register, which the kernel builds once before its loop (`opaque_tables`)
+    ops = [Op("movv" if r.endswith("0") else "mov", r, (v,)) for r, v in zip(TABLE16_REGS, words)]
+    ops += [Op("lop3", "sel", ("w", 0x77777777, 0), LUT_A_AND_B),  # indices, no replicate bit
+            Op("shr", "selh", ("sel",), 16)]  # prmt reads selector nibbles 0-3 only
+    for h, sel in enumerate(("sel", "selh")):
+        ops.append(Op("prmt", "g", ("w4", "w"), decode16_tables.SIGNS[h]))  # 0xFF: code >= 8
+        for plane, dst in (("h", "vh"), ("l", "vl")):
+            ops += [Op("prmt", "a", (f"{plane}a0", f"{plane}a1", sel)),  # codes 0-7
+                    Op("prmt", "b", (f"{plane}b0", f"{plane}b1", sel)),  # codes 8-15
+                    Op("lop3", dst, ("g", "b", "a"), decode16_tables.LUT_MUX)]
+        for j in range(2):
+            ops += [Op("prmt", "t", ("vl", "vh"), decode16_tables.SPREAD_LO_HI[j]),
+                    Op("out", f"o{2 * h + j}", ("t",))]
     return ops
 
 
@@ -167,14 +215,26 @@ def aux_input(plan: DecodePlan) -> str | None:
     return None
 
 
+def opaque_tables(plan: DecodePlan) -> list[tuple[str, int]]:
+    """(register, value) of the table words that must sit in vector registers (`movv`, nf4's
+    4 of 8): ptxas keeps a known constant in a uniform register and copies it to a vector
+    register before every `prmt` that reads it (about 0.8 instructions per code for nf4), so
+    the kernel builds them once before its loop, opaque to ptxas (decode16.OPAQUE_ASM), and
+    passes them in as operands after s."""
+    return [(op.dst, int(op.srcs[0])) for op in program(plan) if op.name == "movv"]
+
+
 def ptx(plan: DecodePlan) -> tuple[str, str]:
     """(asm, constraints) for `tl.inline_asm_elementwise(..., pack=1)`: outputs $0-$7 the 8
-    fp16 weights (code j = nibble j of the word), inputs w, [aux], s (the fp16 scale)."""
+    fp16 weights (code j = nibble j of the word), inputs w, [aux], s (the fp16 scale), then
+    the `opaque_tables` words."""
     aux = aux_input(plan)
-    regs = iter(range(8, 16))
+    tabs = opaque_tables(plan)
+    regs = iter(range(8, 16 + len(tabs)))
     w_r = f"${next(regs)}"
     aux_r = f"${next(regs)}" if aux else None
     s_r = f"${next(regs)}"
+    tab_r = {name: f"${next(regs)}" for name, _ in tabs}
     names = {"w", "s", "sp"} | ({aux} if aux else set())
     for op in program(plan):
         names |= {op.dst} | {v for v in op.srcs if isinstance(v, str)}
@@ -182,13 +242,14 @@ def ptx(plan: DecodePlan) -> tuple[str, str]:
              f"mov.b32 w, {w_r};", f"mov.b32 sp, {{{s_r}, {s_r}}};"]
     if aux_r:
         lines.append(f"mov.b32 {aux}, {aux_r};")
-    prog, consts = _stage_constants(program(plan))
+    prog, consts = _stage_constants([Op("mov", op.dst, (tab_r[op.dst],)) if op.name == "movv"
+                                     else op for op in program(plan)])
     lines[1] = lines[1][:-1] + "".join(f", {c}" for c in consts) + ";"
     lines += [f"mov.b32 {c}, {v:#010x};" for c, v in consts.items()]
     lines += [render(op) for op in prog]
     lines += [f"mov.b32 {{${2 * k}, ${2 * k + 1}}}, o{k};" for k in range(4)]
     lines.append("}")
-    cons = ",".join(["=h"] * 8 + ["r"] + (["r"] if aux else []) + ["h"])
+    cons = ",".join(["=h"] * 8 + ["r"] + (["r"] if aux else []) + ["h"] + ["r"] * len(tabs))
     return "\n".join(lines), cons
 
 

@@ -18,7 +18,12 @@ too (its fp32 product is exact). Per family:
   RaZeR's code 8 is one select against the group's special value * scale (rounded once);
 - pot (pot4): exponent field 15 + E0 - m (an XOR when 15 + E0 is 7 mod 8), sign ORed in;
 - dint4 (0, 0.5, 1 .. 6, sign-magnitude): magnitude = max(m - 1, 0.5 * (m & 1)), with
-  m - 1 = (1024 + m) - 1025 and 0.5 * (m & 1) a bit pattern; sign ORed in.
+  m - 1 = (1024 + m) - 1025 and 0.5 * (m & 1) a bit pattern; sign ORed in;
+- 16-entry tables (nf4): a select tree over the 16 values rounded to fp16, the asm's byte
+  tables (gemm16_asm.table16). nf4's float32 values are not exact in fp16, so its weight is
+  fp16(fp16(v) * scale): two roundings, within 2 * 2^-11 + 2^-22 relative of the reference
+  (plus 2^-25 absolute where the product is subnormal), one 2^-11 more than the exact
+  formats, as at M = 1 (decode16_tables.py).
 Scales: fp16 scales as they are (times the E2M1 placement's 2^14 in a second multiply: their
 product could overflow fp16); E8M0 (mxfp4) 2^e as an fp16 power of two, exact for e in
 [-24, 15] (outside, the weights leave fp16's range anyway); E4M3 (nvfp4) by the same bit
@@ -35,6 +40,7 @@ import inspect
 import triton
 import triton.language as tl
 
+from qcompiler.codegen import gemm16_asm
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan, ScaleKind
 
 
@@ -76,6 +82,25 @@ def h16_dint(c, s):
 
 
 @triton.jit
+def h16_table16(c, s, V0: tl.constexpr, V1: tl.constexpr, V2: tl.constexpr, V3: tl.constexpr,
+                V4: tl.constexpr, V5: tl.constexpr, V6: tl.constexpr, V7: tl.constexpr,
+                V8: tl.constexpr, V9: tl.constexpr, V10: tl.constexpr, V11: tl.constexpr,
+                V12: tl.constexpr, V13: tl.constexpr, V14: tl.constexpr, V15: tl.constexpr):
+    """16-entry table (nf4): V0..V15 are the values rounded to fp16 (exact in the fp32 the
+    select tree builds, so the cast back is exact), times the fp16 scale (one rounding)."""
+    b0 = (c & 1) != 0
+    b1 = (c & 2) != 0
+    b2 = (c & 4) != 0
+    b3 = (c & 8) != 0
+    q0 = tl.where(b1, tl.where(b0, V3, V2), tl.where(b0, V1, V0))
+    q1 = tl.where(b1, tl.where(b0, V7, V6), tl.where(b0, V5, V4))
+    q2 = tl.where(b1, tl.where(b0, V11, V10), tl.where(b0, V9, V8))
+    q3 = tl.where(b1, tl.where(b0, V15, V14), tl.where(b0, V13, V12))
+    v = tl.where(b3, tl.where(b2, q3, q2), tl.where(b2, q1, q0))
+    return v.to(tl.float16) * s
+
+
+@triton.jit
 def h16_minifloat_scale(raw, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
                         UNBIAS: tl.constexpr):
     """E4M3 / E3M3 scale codes -> fp16 by bit placement (value * 2^(bias - 15)), times UNBIAS
@@ -107,5 +132,6 @@ _SCALE = {ScaleKind.FLOAT: (), ScaleKind.MINIFLOAT: (h16_minifloat_scale,), Scal
 
 def helper_source(plan: DecodePlan) -> str:
     """The fp16 decode helpers `plan` needs, their source copied verbatim from this module."""
-    fns = _SCALE[plan.scale] + _FAMILY[plan.family] + (g16_expand,)
+    family = (h16_table16,) if gemm16_asm.table16(plan) is not None else _FAMILY[plan.family]
+    fns = _SCALE[plan.scale] + family + (g16_expand,)
     return "\n\n".join(inspect.getsource(fn.fn).rstrip() + "\n" for fn in fns)

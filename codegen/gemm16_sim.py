@@ -62,7 +62,7 @@ def _np_op(op: Op, regs: dict[str, np.ndarray]) -> np.ndarray:
             return v[0] >> np.uint32(op.imm)
         if op.name == "sub":
             return (np.int64(0) + v[0].astype(np.int64) - v[1].astype(np.int64)).astype(np.uint32)
-        if op.name == "mov":
+        if op.name in ("mov", "movv"):  # movv: a table word the kernel passes in
             return np.broadcast_to(np.uint32(op.srcs[0]), shape).copy()
         if op.name == "mad":
             return (v[0].astype(np.uint64) * np.uint64(v[1]) + np.uint64(v[2])).astype(np.uint32)

@@ -107,11 +107,11 @@ def save_tuned_configs(artifact_kernels_dir: str | Path) -> Path:
     """Write every config tuned or loaded in this process to DIR/autotune.json (merged)."""
     path = Path(artifact_kernels_dir) / autotune_cache.FILE_NAME
     _TUNED.save(path)
-    from qcompiler import artifact
+    from qcompiler import manifest
 
     root = path.parent.parent
-    if artifact.is_artifact(root):  # keep the artifact loadable: record the new file's hash
-        artifact.record_file(root, path.relative_to(root).as_posix())
+    if manifest.is_artifact(root):  # keep the artifact loadable: record the new file's hash
+        manifest.record_file(root, path.relative_to(root).as_posix())
     return path
 
 

@@ -12,7 +12,10 @@ Config pruning encodes what the kernels and the hardware need (`prune`):
   for every group size the formats allow, so this only bites for exotic group sizes.
 - BLOCK_K is a multiple of the packing unit and a power of two (tl.arange needs one).
 - GEMM: every tl.dot operand dimension >= 16 (BLOCK_M, BLOCK_N, and the per-plane K slice
-  BLOCK_K / codes-per-unit), and the pipelined tiles fit the device's shared memory.
+  BLOCK_K / codes-per-unit), and the pipelined tiles fit the device's shared memory. The
+  tensor-core GEMM (gemm16.py) with 32 weight rows (output columns) per warp on wgmma (4 or
+  more warps: BLOCK_N 128 with 4 warps, 256 with 8) fails in Triton 3.9's lowering ("Illegal
+  shared layout"), so those configs are rejected before anything compiles them.
 - GEMV: the broadcast product [BLOCK_M, BLOCK_N, BLOCK_K/unit] stays within a register budget
   per thread, and every thread gets work.
 - split-K only while each split still gets a K tile (and, in `candidates`, only while the
@@ -42,8 +45,9 @@ class KernelKind(StrEnum):
 
 GEMV_MAX_M = 4
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-TUNING_VERSION = 3  # bump when the kernels change in a way that invalidates tuned configs
-# (2: the M = 1 GEMV is the fp16x2 kernel, gemv16.py; 3: the 4-bit GEMM is gemm16.py)
+TUNING_VERSION = 4  # bump when the kernels change in a way that invalidates tuned configs
+# (2: the M = 1 GEMV is the fp16x2 kernel, gemv16.py; 3: the 4-bit GEMM is gemm16.py; 4: nf4's
+# GEMM too, whose fp32-GEMM configs may have 32 columns per warp, which gemm16 cannot compile)
 
 
 def m_bucket(m: int) -> int:
@@ -177,6 +181,15 @@ class DeviceLimits:
         return cls(name=p.name, num_sms=p.multi_processor_count, smem_bytes=int(smem))
 
 
+# gemm16.py on wgmma (4+ warps): 32 weight rows per warp fail in Triton 3.9's lowering
+# ("Illegal shared layout; expected collapsed shapePerCTA to be at least [8, 64]"), measured for
+# BLOCK_N 128 / 4 warps and 256 / 8 warps at BLOCK_K 64 and 128; 16 and 64 rows per warp compile
+GEMM16_BAD_COLUMNS_PER_WARP = 32
+# gemm16.py formats whose decode keeps more registers live than the default BLOCK_K 128 leaves
+# (sm_90 SASS of the default tile on the Llama-3-8B shape spills to local memory, LDL / STL in
+# the loop: nf4 at M = 256, nvfp4-razer at M = 16 and 256): half the words per thread and
+# iteration. tests/codegen/test_gemm16.py checks their default tiles compile without spills.
+GEMM16_BLOCK_K = {"nf4": 64, "nvfp4-razer": 64}
 GEMV_REGISTER_BUDGET = 128  # fp32 products per thread per plane in the GEMV's broadcast tile
 # The tuning search space. Kept small on purpose: every config is a compile (~1 s) on first use.
 GEMV_SPACE = dict(block_n=(16, 32, 64), block_k=(128, 256, 512), split_k=(1, 2, 4, 8))
@@ -197,6 +210,7 @@ class Why(StrEnum):
     DOT_SHAPE = "dot-shape"
     BLOCK_M = "block-m"
     SHARED_MEMORY = "shared-memory"
+    LAYOUT = "layout"
 
 
 @dataclass(frozen=True)
@@ -236,6 +250,11 @@ def prune(spec: KernelSpec, kind: KernelKind, bucket: int, cfg: KernelConfig,
         return Rejection(Why.DOT_SHAPE, "tl.dot needs every operand dimension >= 16")
     if cfg.block_m > max(16, next_pow2(bucket)):
         return Rejection(Why.BLOCK_M, "BLOCK_M larger than the M bucket")
+    if (gemm16_asm.supported(plan) and cfg.num_warps >= 4
+            and cfg.block_n == GEMM16_BAD_COLUMNS_PER_WARP * cfg.num_warps):
+        return Rejection(Why.LAYOUT, f"BLOCK_N={cfg.block_n} over {cfg.num_warps} warps: 32 "
+                                     "columns per warp fail in Triton's wgmma lowering "
+                                     "(\"Illegal shared layout\")")
     smem = (cfg.num_stages * (cfg.block_m * bk * 2 + cfg.block_n * bk * plan.bits // 8)
             + bk * cfg.block_n * 2)
     if smem > limits.smem_bytes:
@@ -313,9 +332,9 @@ def default_config(spec: KernelSpec, kind: KernelKind, bucket: int,
     bk = min(max(64, 16 * epu), max(k_cap, 16 * epu))
     nw = 8 if bm * bn >= 128 * 128 else 4
     if gemm16_asm.supported(spec.plan):  # gemm16.py: wide weight tiles amortize the MMA issue
-        bm, bn, bk = min(bm, 64), min(256, max(16, next_pow2(spec.N))), min(128, k_cap)
-        nw = 8 if bn == 128 else 4  # 32 columns per warp fails in Triton 3.9 ("Illegal shared
-        # layout" in OptimizeDotOperands); 16 or 64 compile
+        bm, bn = min(bm, 64), min(256, max(16, next_pow2(spec.N)))
+        bk = min(GEMM16_BLOCK_K.get(spec.format, 128), k_cap)
+        nw = 8 if bn == 128 else 4  # 16 or 64 columns per warp (32 fail: prune, Why.LAYOUT)
     cfg = _fit(spec, kind, bucket, KernelConfig(bm, bn, bk, 1, 8, nw, 3), limits)
     if bucket <= 64:
         tiles = -(-bucket // cfg.block_m) * -(-spec.N // cfg.block_n)

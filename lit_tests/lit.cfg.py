@@ -44,6 +44,9 @@ for var in ("HOME", "PATH", "TMPDIR", "HF_HOME"):
 config.environment["HF_HUB_OFFLINE"] = "1"
 config.environment["PYTHONWARNINGS"] = "ignore"
 config.environment["TRITON_INTERPRET"] = "1"
+# lit already runs one test per core: torch's intra-op threads (one per core by default) would
+# only oversubscribe the machine, and their spinning costs CPU time (the inputs are tiny).
+config.environment["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
 
 # Without an NVIDIA device node there is no CUDA: skip the torch import (seconds, before any test).
 has_gpu = False

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from qcompiler.calibration import calibration_batches, iter_linear_stats
+from qcompiler.distributed import map_qtensors
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.formats import packing
 from qcompiler.formats.base import QTensor
@@ -65,22 +66,28 @@ class Clip(Pass):
             by_name = {l.name: l for l in layers}
             batches = calibration_batches(program, ctx)
             # row samples a budget-sized chunk of layers at a time (calibration.py)
+            # over several processes: a share of the layers per rank (qcompiler/distributed.py)
             for stats in iter_linear_stats(program, batches, list(by_name), absmax=False,
                                            max_samples=SAMPLE_ROWS, ctx=ctx):
-                for name, st in ctx.progress(list(stats.items()), desc=self.name):
-                    self._plan(program, fmt, by_name[name], st.samples)
+                for (name, st), qt in map_qtensors(
+                        list(stats.items()), lambda it: by_name[it[0]].n * by_name[it[0]].k,
+                        lambda it: self._search(program, fmt, by_name[it[0]], it[1].samples),
+                        ctx.progress, self.name):
+                    record_plan(program, name, by_name[name].weight, qt, by=self.name)
         return PassResult(True, {"layers-planned": len(layers)})
 
     def _plan(self, program: Any, fmt: Any, layer: Any, x: torch.Tensor | None) -> None:
+        qt = self._search(program, fmt, layer, x)
+        record_plan(program, layer.name, layer.weight, qt, by=self.name)
+
+    def _search(self, program: Any, fmt: Any, layer: Any, x: torch.Tensor | None) -> QTensor:
         w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
         try:
             if self.grid:
-                qt = grid_search(fmt, w, layer.group, self.grid, x)
-            else:
-                qt = fmt.quantize(w, group_size=layer.group, search="clip", x=x)
+                return grid_search(fmt, w, layer.group, self.grid, x)
+            return fmt.quantize(w, group_size=layer.group, search="clip", x=x)
         except QCompilerError as e:
             raise PassError(self.name, f"{layer.name}: {e}") from None
-        record_plan(program, layer.name, layer.weight, qt, by=self.name)
 
 
 def grid_search(fmt: Any, w: torch.Tensor, group: int, ratios: tuple[float, ...],

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from qcompiler.calibration import calibration_batches, iter_linear_stats
+from qcompiler.distributed import map_qtensors
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.gptq_core import gptq_quantize
 from qcompiler.pass_registry import register_pass
@@ -62,17 +63,21 @@ class Gptq(Pass):
         batches = calibration_batches(program, ctx)
         by_name = {l.name: l for l in layers}
         # Hessians a budget-sized chunk at a time (calibration.py): memory stays bounded.
+        # Over several processes each rank runs a share of the layers (cost ~ N·K²) and every
+        # rank records every plan (qcompiler/distributed.py).
         for stats in iter_linear_stats(program, batches, list(by_name), absmax=False,
                                        hessian=True, ctx=ctx):
-            for name, st in ctx.progress(list(stats.items()), desc=self.name):
-                self._quantize(program, fmt, by_name[name], st.hessian)
+            for (name, st), qt in map_qtensors(
+                    list(stats.items()), lambda it: by_name[it[0]].n * by_name[it[0]].k ** 2,
+                    lambda it: self._quantize(program, fmt, by_name[it[0]], it[1].hessian),
+                    ctx.progress, self.name):
+                record_plan(program, name, by_name[name].weight, qt, by=self.name)
         return PassResult(True, {"layers-planned": len(layers)})
 
-    def _quantize(self, program: Any, fmt: Any, layer: Any, hessian: torch.Tensor) -> None:
+    def _quantize(self, program: Any, fmt: Any, layer: Any, hessian: torch.Tensor) -> Any:
         w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
         try:
-            qt = gptq_quantize(fmt, w, hessian, layer.group, block_size=self.block_size,
-                               damp=self.damp, act_order=self.act_order, search=self.search)
+            return gptq_quantize(fmt, w, hessian, layer.group, block_size=self.block_size,
+                                 damp=self.damp, act_order=self.act_order, search=self.search)
         except (QCompilerError, ValueError) as e:
             raise PassError(self.name, f"{layer.name}: {e}") from None
-        record_plan(program, layer.name, layer.weight, qt, by=self.name)

@@ -331,7 +331,7 @@ def _weight(program: Program, target: str) -> torch.Tensor:
     """The weight's values; streamed from the checkpoint when the program holds a stand-in."""
     lazy = program.meta.get("lazy_tensors")
     if lazy and target in lazy:
-        from qcompiler.driver import load_lazy_tensor
+        from qcompiler.lazy_tensors import load_lazy_tensor
 
         return load_lazy_tensor(program, target, keep=False)
     return program.get_tensor(target)

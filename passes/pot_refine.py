@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from qcompiler.calibration import calibration_batches, iter_linear_stats
+from qcompiler.distributed import map_qtensors
 from qcompiler.errors import PassError
 from qcompiler.formats import packing
 from qcompiler.formats.base import QTensor
@@ -67,15 +68,22 @@ class PotRefine(Pass):
         improved = 0
         for stats in iter_linear_stats(program, batches, list(layers), absmax=False,
                                        hessian=True, ctx=ctx):
-            for name, st in ctx.progress(list(stats.items()), desc=self.name):
-                layer = layers[name]
-                w = original_weight(program, name, layer.weight).detach().to(torch.float32)
-                q0 = self._init(program, fmt, layer, w)
-                h = st.hessian / max(st.tokens, 1)
-                qt, better = refine(fmt, q0, w, h, self.steps, self.lr)
-                improved += better
-                record_plan(program, name, layer.weight, qt, by=self.name)
+            # over several processes: a share of the layers per rank (qcompiler/distributed.py)
+            for (name, _), (qt, extra) in map_qtensors(
+                    list(stats.items()), lambda it: layers[it[0]].n * layers[it[0]].k ** 2,
+                    lambda it: self._refine(program, fmt, layers[it[0]], it[1]),
+                    ctx.progress, self.name):
+                improved += int(extra["rows-improved"])
+                record_plan(program, name, layers[name].weight, qt, by=self.name)
         return PassResult(True, {"layers-planned": len(layers), "rows-improved": improved})
+
+    def _refine(self, program: Any, fmt: Any, layer: Any, st: Any) -> tuple[QTensor, dict]:
+        """One layer's refined plan and how many of its rows improved."""
+        w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
+        q0 = self._init(program, fmt, layer, w)
+        h = st.hessian / max(st.tokens, 1)
+        qt, better = refine(fmt, q0, w, h, self.steps, self.lr)
+        return qt, {"rows-improved": int(better)}
 
     def _init(self, program: Any, fmt: Any, layer: Any, w: torch.Tensor) -> QTensor:
         """Step 1: the layer's plan in this format and group size, else the clip search."""

@@ -27,7 +27,6 @@ byte for byte and `load` does not reject an artifact whose build record was edit
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -43,13 +42,12 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from qcompiler.errors import QCompilerError
+from qcompiler.manifest import (ARTIFACT_VERSION, BUILD, MANIFEST,  # noqa: F401  (public here)
+                                MAX_MANIFEST_BYTES, READABLE_VERSIONS, file_hashes, is_artifact,
+                                read_manifest, record_file, sha256_file, write_json)
 from qcompiler.program import Program
 
-ARTIFACT_VERSION = 3  # 2: mandatory tensor table; 3: tensors stored narrower than loaded
-READABLE_VERSIONS = (2, 3)  # a version-2 artifact is a version 3 with no narrowed tensor
-MANIFEST, PROGRAM, REPORT = "manifest.json", "program.pt2", "report.json"
-MAX_MANIFEST_BYTES = 64 << 20
-BUILD = "build.json"  # run-dependent facts: not hashed, not part of the byte-identical set
+PROGRAM, REPORT = "program.pt2", "report.json"
 WEIGHTS = "weights.safetensors"
 KERNELS, TOKENIZER = "kernels", "tokenizer"
 TOKENIZER_FILES = (
@@ -107,7 +105,7 @@ def _write_contents(program: Program, tmp: Path, *, pipeline: str, format: str,
     kernels = _emit_kernels(program, tmp / KERNELS)
     _copy_tokenizer(program, tmp / TOKENIZER)
     clean_report = _deterministic_report(report, pipeline, format)
-    _write_json(tmp / REPORT, clean_report)
+    write_json(tmp / REPORT, clean_report)
     manifest = {
         "artifact_version": ARTIFACT_VERSION,
         "format": format,
@@ -122,9 +120,9 @@ def _write_contents(program: Program, tmp: Path, *, pipeline: str, format: str,
         "files": file_hashes(tmp),
         "build_file": BUILD,
     }
-    _write_json(tmp / MANIFEST, manifest)
+    write_json(tmp / MANIFEST, manifest)
     # Last, so that the peak RSS covers writing every other file.
-    _write_json(tmp / BUILD, {
+    write_json(tmp / BUILD, {
         **build, "pass_seconds": _pass_seconds(report), "host": platform.machine(),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "note": "facts about this compile run; the only file that differs between runs"})
@@ -194,7 +192,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _tensor_value(program: Program, name: str) -> torch.Tensor | Iterable[torch.Tensor]:
     lazy = program.meta.get("lazy_tensors") or {}
     if name in lazy:
-        from qcompiler.driver import iter_lazy_tensor
+        from qcompiler.lazy_tensors import iter_lazy_tensor
 
         return iter_lazy_tensor(program, name)
     return program.get_tensor(name)
@@ -202,7 +200,7 @@ def _tensor_value(program: Program, name: str) -> torch.Tensor | Iterable[torch.
 
 def save_program(program: Program, path: Path) -> None:
     """torch.export.save the program with every tensor stubbed (values live in safetensors)."""
-    from qcompiler.capture import EXTRA_FILE, program_meta
+    from qcompiler.export_archive import EXTRA_FILE, program_meta
 
     ep = program.export()
     for node in ep.graph.nodes:  # provenance holds Python object ids and local file paths
@@ -374,7 +372,7 @@ def size_line(summary: dict[str, Any]) -> str:
 
 def _deterministic_report(report: dict[str, Any], pipeline: str, format: str) -> dict[str, Any]:
     """The pass report without wall times (those go to build.json)."""
-    from qcompiler.capture import jsonable
+    from qcompiler.export_archive import jsonable
 
     out = {k: v for k, v in report.items() if k != "passes"}
     out["passes"] = [{k: v for k, v in p.items() if k != "seconds"}
@@ -400,25 +398,6 @@ def peak_rss_mb() -> float:
 
 
 # ---- files -------------------------------------------------------------------------------------
-def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file under `directory` except the manifest and build.json (which
-    differs between runs of the same compile), by relative path."""
-    out = {}
-    for p in sorted(directory.rglob("*")):
-        rel = p.relative_to(directory).as_posix()
-        if p.is_file() and rel not in (MANIFEST, BUILD):
-            out[rel] = "sha256:" + sha256_file(p)
-    return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_build(path: str | os.PathLike) -> dict[str, Any]:
     """The build record (build.json) of the artifact at `path`; {} when absent, oversized or
     unreadable: it is informational (outside the integrity record), nothing depends on it."""
@@ -430,32 +409,6 @@ def read_build(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return record if isinstance(record, dict) else {}
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of the artifact at `path`; a one-line error when it is not one."""
-    directory = Path(path)
-    if not directory.exists():
-        raise QCompilerError(f"no such artifact: {directory}")
-    file = directory / MANIFEST
-    if not directory.is_dir() or not file.is_file():
-        raise QCompilerError(f"{directory} is not a qcompiler artifact (no {MANIFEST}); "
-                             "create one with 'qcompile MODEL --format F -o OUT'")
-    if file.is_symlink() or file.stat().st_size > MAX_MANIFEST_BYTES:
-        raise QCompilerError(f"{file} is not a regular manifest (a symbolic link, or over "
-                             f"{MAX_MANIFEST_BYTES >> 20} MiB); recompile the artifact")
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise QCompilerError(f"{file} is unreadable: {e}; recompile the artifact") from None
-    if not isinstance(manifest, dict):
-        raise QCompilerError(f"{file} is not a manifest (not a JSON object); recompile the "
-                             "artifact")
-    version = manifest.get("artifact_version")
-    if version not in READABLE_VERSIONS:
-        raise QCompilerError(f"{directory} has artifact version {version}, this qcompiler reads "
-                             f"{ARTIFACT_VERSION}; recompile it")
-    return manifest
 
 
 def check_replaceable(out: Path, force: bool) -> None:
@@ -472,30 +425,6 @@ def check_replaceable(out: Path, force: bool) -> None:
         raise QCompilerError(f"{out} is not a qcompiler artifact (no valid {MANIFEST}); "
                              "--force replaces only an artifact or an empty directory: "
                              "choose another -o")
-
-
-def record_file(directory: Path, name: str) -> None:
-    """Add (or refresh) `name`'s hash in the integrity record of the artifact at `directory`:
-    for a file written after the compile on purpose (tuned kernel configs), which `load` would
-    otherwise refuse as unrecorded. The manifest is replaced atomically."""
-    manifest = read_manifest(directory)
-    manifest.setdefault("files", {})[name] = "sha256:" + sha256_file(directory / name)
-    tmp = directory / f".{MANIFEST}.tmp"
-    _write_json(tmp, manifest)
-    os.replace(tmp, directory / MANIFEST)
-
-
-def is_artifact(directory: Path) -> bool:
-    """Whether `directory` holds a manifest written by qcompiler (any artifact version)."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(manifest, dict) and "artifact_version" in manifest and "format" in manifest
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, sort_keys=True, indent=1) + "\n")
 
 
 def _make_temp_dir(out: Path) -> Path:

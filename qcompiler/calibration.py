@@ -40,6 +40,14 @@ Statistics are accumulated while the graph runs (an `fx.Interpreter` that hands 
 input to an accumulator as soon as that value is computed), never by storing activations, so memory is bounded by the
 statistics themselves. Linears that read the same input node (q/k/v, gate/up) share one Hessian.
 
+Several processes (torch.distributed, qcompiler/distributed.py, docs/DISTRIBUTED.md): each rank
+runs its share of the batches (r, r+W, ...) and the statistics are combined here, at the end of
+each chunk, so every calibrated pass gets them whole: Hessians and token counts summed, absmax by
+max, row samples merged. The row sample is a reservoir by seeded random keys, one generator per
+(input, batch), ties broken by position: the rows kept are the same whether one process or
+several saw the batches, so samples and absmax are bit-identical to one process's; a Hessian is
+a float sum whose order depends on the split (last bits may differ).
+
 Memory rule: a Hessian is K×K float32 (4·K² bytes) and the row subsample (`max_samples` rows, a
 seeded reservoir over all tokens) max_samples·K·4 bytes, per distinct input. When the requested
 statistics together exceed `HESSIAN_BUDGET_BYTES` (1 GiB), the layers are split into chunks under
@@ -58,6 +66,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler.errors import QCompilerError, UsageError
+from qcompiler.stats_memo import memoized
 
 HESSIAN_BUDGET_BYTES = 1 << 30
 SLAC_MIN_LEN = 16
@@ -76,6 +85,9 @@ class CalibrationConfig:
     slac: bool = False
     sampled: int = 0  # with text: this many more sequences sampled from the model
     batches: list[Batch] | None = None  # explicit model inputs (Python API), used as given
+    # the global indices of `batches` when they are already this process's share (a layer-wise
+    # run over several processes keeps only its share of the activations); None: all of them
+    shard: list[int] | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -165,6 +177,9 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
     lengths = cfg.lengths()
     if program.kind not in ("causal-lm", "encoder"):
         return _module_batches(program, cfg, lengths)
+    from qcompiler.distributed import current
+
+    group = current()
     config = program.meta.get("config") or {}
     vocab = int(config.get("vocab_size") or int(program.example_inputs[0].max()) + 1)
     if cfg.text is not None:
@@ -177,8 +192,8 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
                             program.kind)
         if cfg.sampled and program.kind == "causal-lm":
             bos = config.get("bos_token_id")
-            out += [sampling.sample_sequence(program, vocab, cfg.seqlen, cfg.seed + i, bos)
-                    for i in range(cfg.sampled)]
+            out += _spread(cfg.sampled, lambda i: sampling.sample_sequence(
+                program, vocab, cfg.seqlen, cfg.seed + i, bos), group)
             sampling.release(program)
         elif cfg.sampled:
             for i in range(cfg.sampled):
@@ -186,8 +201,8 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
         return out
     if program.kind == "causal-lm":
         bos = config.get("bos_token_id")
-        out = [sampling.sample_sequence(program, vocab, length, cfg.seed + i, bos)
-               for i, length in enumerate(lengths)]
+        out = _spread(len(lengths), lambda i: sampling.sample_sequence(
+            program, vocab, lengths[i], cfg.seed + i, bos), group)
         sampling.release(program)  # passes replace tensors next: do not keep the old ones
         return out
     tokenizer = program_tokenizer(program)
@@ -195,6 +210,20 @@ def make_batches(program: Any, cfg: CalibrationConfig) -> list[Batch]:
     for i, length in enumerate(lengths):
         out += evaluate.random_sequences(vocab, 1, length, cfg.seed + i, tokenizer)
     return out
+
+
+def _spread(count: int, make: Any, group: Any) -> list[torch.Tensor]:
+    """[make(0), ..., make(count-1)]; over several processes each rank makes its share and the
+    token ids are exchanged (sampling is the slow part of calibrating on sampled data)."""
+    if group is None:
+        return [make(i) for i in range(count)]
+    from qcompiler.distributed import gather_tensors, share
+
+    mine = {str(i): make(i) for i in share(count, group)}
+    out: dict[int, torch.Tensor] = {}
+    for part in gather_tensors(mine, group):
+        out.update({int(k): v for k, v in part.items()})
+    return [out[i] for i in range(count)]
 
 
 def _text_batches(text: str, tokenizer: Any, lengths: list[int], kind: str) -> list[torch.Tensor]:
@@ -260,9 +289,15 @@ class _Accumulator:
         self.hessian = torch.zeros(k, k) if hessian else None
         self.tokens = 0
         self.max_samples = max_samples
-        self.rows: torch.Tensor | None = None
-        self.keys: torch.Tensor | None = None
-        self.gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.rows = torch.zeros(0, k)
+        self.keys = torch.zeros(0, dtype=torch.float64)
+        self.pos = torch.zeros(0, dtype=torch.int64)
+        self.start(0)
+
+    def start(self, batch: int) -> None:
+        """The next rows come from calibration batch `batch` (its global index)."""
+        self.batch, self.row, self.gen = batch, 0, None
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).cpu()
@@ -275,14 +310,60 @@ class _Accumulator:
         if self.hessian is not None:
             self.hessian.addmm_(x.T, x)  # our own accumulator, not a program tensor
         if self.max_samples:
-            # reservoir sampling by random keys: keep the rows with the largest keys
-            keys = torch.rand(x.shape[0], generator=self.gen)
-            rows = x if self.rows is None else torch.cat([self.rows, x])
-            keys = keys if self.keys is None else torch.cat([self.keys, keys])
-            if rows.shape[0] > self.max_samples:
-                top = torch.topk(keys, self.max_samples).indices.sort().values
-                rows, keys = rows[top], keys[top]
-            self.rows, self.keys = rows.clone(), keys
+            # reservoir sampling by random keys: keep the rows with the largest keys; the keys
+            # of a batch depend only on (input, batch), so any split of the batches over
+            # processes keeps the same rows (module docstring)
+            if self.gen is None:
+                self.gen = torch.Generator().manual_seed(
+                    (self.seed * 1_000_003 + self.batch) % (1 << 62))
+            n = x.shape[0]
+            keys = torch.rand(n, generator=self.gen, dtype=torch.float64)
+            pos = self.batch * ROW_STRIDE + self.row + torch.arange(n)
+            self.row += n
+            self.merge(x, keys, pos)
+
+    def merge(self, rows: torch.Tensor, keys: torch.Tensor, pos: torch.Tensor) -> None:
+        """Add rows with their keys and positions; keep the `max_samples` largest keys."""
+        rows, keys, pos = torch.cat([self.rows, rows]), torch.cat([self.keys, keys]), \
+            torch.cat([self.pos, pos])
+        if rows.shape[0] > self.max_samples:
+            top = _top_keys(keys, pos, self.max_samples)
+            rows, keys, pos = rows[top], keys[top], pos[top]
+        self.rows, self.keys, self.pos = rows.clone(), keys, pos
+
+
+ROW_STRIDE = 1 << 40  # positions: batch index × this + row within the batch
+
+
+def _top_keys(keys: torch.Tensor, pos: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` largest keys (ties: lower position first), in position order."""
+    by_pos = torch.argsort(pos)
+    order = torch.sort(keys[by_pos], descending=True, stable=True).indices
+    pick = by_pos[order[:count]]
+    return pick[torch.argsort(pos[pick])]
+
+
+def _reduce(watch: dict[Any, _Accumulator], group: Any) -> None:
+    """Combine every rank's accumulators in place (sums, maxima, merged row samples)."""
+    from qcompiler.distributed import all_reduce, gather_tensors
+
+    accs = list(watch.values())
+    tokens = all_reduce(torch.tensor([a.tokens for a in accs], dtype=torch.int64), "sum", group)
+    for acc, count in zip(accs, tokens.tolist()):
+        acc.tokens = int(count)
+        if acc.hessian is not None:
+            acc.hessian = all_reduce(acc.hessian, "sum", group)
+        if acc.absmax is not None:
+            acc.absmax = all_reduce(acc.absmax, "max", group)
+    if accs and accs[0].max_samples:
+        mine = {}
+        for i, acc in enumerate(accs):
+            mine.update({f"{i}/rows": acc.rows, f"{i}/keys": acc.keys, f"{i}/pos": acc.pos})
+        parts = gather_tensors(mine, group)
+        for i, acc in enumerate(accs):
+            acc.rows, acc.keys, acc.pos = acc.rows[:0], acc.keys[:0], acc.pos[:0]
+            for part in parts:  # rank order; the kept rows do not depend on it
+                acc.merge(part[f"{i}/rows"], part[f"{i}/keys"], part[f"{i}/pos"])
 
 
 class _StatsInterpreter(fx.Interpreter):
@@ -329,6 +410,7 @@ def collect_linear_stats(program: Any, batches: Sequence[Batch],
     return out
 
 
+@memoized  # off unless a caller opts in (qcompiler/stats_memo.py: benches reuse statistics)
 def iter_linear_stats(program: Any, batches: Sequence[Batch],
                       layers: Iterable[str] | None = None, *, absmax: bool = True,
                       hessian: bool = False, max_samples: int = 0, ctx: Any = None,
@@ -341,18 +423,37 @@ def iter_linear_stats(program: Any, batches: Sequence[Batch],
     inputs = linear_inputs(program, layers)
     nodes = list(dict.fromkeys(inputs.values()))  # unique input nodes, graph order
     width = {n: _width(program, n) for n in nodes}
-    seed = getattr(getattr(ctx, "calibration", None), "seed", 0) if ctx is not None else 0
+    cfg = getattr(ctx, "calibration", None) if ctx is not None else None
+    seed = getattr(cfg, "seed", 0)
     progress = ctx.progress if ctx is not None else (lambda items, **_: items)
+    group, ids, local = _local_batches(batches, cfg)
     for chunk in _chunks(nodes, width, hessian, max_samples, budget_bytes):
         watch = {n: _Accumulator(width[n], absmax, hessian, max_samples, seed + nodes.index(n))
                  for n in chunk}
-        for batch in progress(batches, total=len(batches), desc="calibrate"):
+        for index, batch in progress(list(zip(ids, local)), total=len(local), desc="calibrate"):
             args = batch if isinstance(batch, (tuple, list)) else (batch,)
+            for acc in watch.values():
+                acc.start(index)
             with torch.no_grad():
                 _StatsInterpreter(program.gm, watch).run(*args)
+        if group is not None:
+            _reduce(watch, group)
         yield {layer: LinearStats(watch[node].absmax, watch[node].hessian, watch[node].tokens,
-                                  watch[node].rows)
+                                  watch[node].rows if max_samples else None)
                for layer, node in inputs.items() if node in watch}
+
+
+def _local_batches(batches: Sequence[Batch], cfg: Any) -> tuple[Any, list[int], list[Batch]]:
+    """(process group or None, global indices, batches) this process runs: all of them alone,
+    its share over several processes (`cfg.shard`: the batches are that share already)."""
+    from qcompiler.distributed import current, share
+
+    group = current()
+    shard = getattr(cfg, "shard", None)
+    if shard is not None and len(shard) == len(batches):
+        return group, list(shard), list(batches)
+    ids = share(len(batches), group)
+    return group, ids, [batches[i] for i in ids]
 
 
 def _width(program: Any, node: fx.Node) -> int:

@@ -22,9 +22,10 @@ length) with `torch.cuda.graph` and replays it:
 - every later step is three small copies (token, position, slot) and one `graph.replay()`.
   The returned logits are a view of the static output: read them before the next step.
 
-Not captured (the steps run eagerly on the same static buffers, with a one-time warning): a
-quantized KV cache, whose per-step quantization checks its input for NaN on the host
-(formats' `_check_input` synchronizes), and any step whose capture fails.
+A quantized KV cache (KV4) is captured too: its per-step quantization checks the keys and
+values for NaN on the host (formats' `_check_input`), a synchronization, except while the
+stream is capturing (the warm-up runs still check). Not captured (the steps run eagerly on the
+same static buffers, with a one-time warning): any step whose capture fails.
 
 Padding rows of a bucket attend to every slot of their (zero or stale, always finite) cache and
 their tokens are ignored. `generate(..., cuda_graphs=False)` or QCOMPILER_CUDA_GRAPHS=0 turns
@@ -119,15 +120,13 @@ class StaticDecode:
         return self.logits[:batch, -1]
 
     def capture(self) -> None:
-        """Warm up on a side stream, then capture `_run` into a CUDA graph (or, when the step
-        cannot be captured, mark it to run eagerly)."""
-        why = uncapturable(self.decoder)
-        if why is None:
-            try:
-                self._capture()
-                return
-            except Exception as e:  # noqa: BLE001  a step that cannot be captured still runs
-                why = f"its capture failed ({type(e).__name__}: {str(e)[:200]})"
+        """Warm up on a side stream, then capture `_run` into a CUDA graph (or, when the
+        capture fails, mark the step to run eagerly)."""
+        try:
+            self._capture()
+            return
+        except Exception as e:  # noqa: BLE001  a step that cannot be captured still runs
+            why = f"its capture failed ({type(e).__name__}: {str(e)[:200]})"
         warnings.warn(f"qcompiler: decode steps run without CUDA graphs: {why}", stacklevel=3)
         self.graph = EAGER
 
@@ -152,14 +151,6 @@ class StaticDecode:
 
 
 EAGER = "eager"  # StaticDecode.graph when the step runs uncaptured
-
-
-def uncapturable(decoder: Any) -> str | None:
-    """Why the decoder's step cannot be captured, or None."""
-    if any(not dtype.is_floating_point for _, _, dtype in decoder.cache_layout):
-        return ("the KV cache is quantized, and quantizing a step's keys checks them for NaN "
-                "on the host")
-    return None
 
 
 class DecodeGraphs:

@@ -31,6 +31,9 @@ import torch
 
 from qcompiler.artifact import peak_rss_mb
 from qcompiler.errors import CaptureError, QCompilerError, UsageError
+# public here too: streamed programs are the driver's (`qcompiler.driver.materialize`)
+from qcompiler.lazy_tensors import (iter_lazy_tensor, load_lazy_tensor,  # noqa: F401
+                                    materialize, trim_heap)
 from qcompiler.program import Program
 
 Emit = Literal["artifact", "program", "ir", "mlir"]
@@ -102,7 +105,17 @@ def compile(
     if out is not None and emit != "program":
         check_output(Path(out), force, artifact=emit == "artifact")
 
+    from qcompiler.distributed import init_from_env
     from qcompiler.layerwise import run_layerwise, wants_layerwise
+
+    # several processes (torchrun, qcompile --nproc; docs/DISTRIBUTED.md): every rank compiles,
+    # calibration is split between them, only rank 0 prints, dumps or writes anything
+    group = init_from_env()
+    if group is not None and not group.is_writer:
+        quiet, verbose = True, 0
+        pass_manager_options = {k: v for k, v in pass_manager_options.items()
+                                if not k.startswith("print_ir") and k not in
+                                ("dump_dir", "reproducer_dir", "timing", "statistics")}
 
     if layerwise and stream is None:
         stream = True
@@ -119,11 +132,15 @@ def compile(
         program = PassManager(passes, **pass_manager_options).run(program, ctx)
     result = CompileResult(program, pipeline_text, fmt, ctx.report)
 
-    if emit == "artifact":
+    if group is not None and not group.is_writer:
+        pass  # rank 0 writes; this rank leaves no file behind
+    elif emit == "artifact":
         build = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                  "streamed": bool(program.meta.get("lazy_tensors") is not None)}
         if by_layer:  # build.json: how it ran, not what it computed
             build["layerwise"] = "sequential" if sequential else "fp-statistics"
+        if group is not None:
+            build["processes"] = group.world
         result.path = _write(program, Path(out), pipeline_text, fmt, ctx, force, build, start)
     elif emit in ("ir", "mlir"):
         if emit == "ir":
@@ -218,33 +235,6 @@ def count_parameters(program: Program) -> int:
     return sum(seen.values())
 
 
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc `malloc_trim`).
-
-    Streaming quantizes one layer at a time; the packed results stay while each layer's fp
-    temporaries are freed, and glibc would keep those freed pages resident in the fragmented
-    heap (RSS doubled in measurements). Trimming before each layer keeps RSS at what is live,
-    for a few ms per layer.
-    """
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import sys
-
-        _LIBC = False
-        if sys.platform.startswith("linux"):
-            try:
-                _LIBC = ctypes.CDLL(None)
-                _LIBC.malloc_trim  # noqa: B018  (not glibc: no trimming)
-            except (OSError, AttributeError):
-                _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
-
-
 def _hf_dir(model: Any) -> Path | None:
     if isinstance(model, (str, os.PathLike)) and not str(model).startswith("zoo:"):
         path = Path(model)
@@ -262,7 +252,8 @@ def capture_streaming(directory: Path) -> Program:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    from qcompiler.capture import capture_hf_model, first_line, hf_kind
+    from qcompiler.errors import first_line
+    from qcompiler.torch_capture import capture_hf_model, hf_kind
 
     transformers.utils.logging.set_verbosity_error()
     try:
@@ -351,66 +342,3 @@ def _parameters_on_meta() -> Iterator[None]:
         yield
     finally:
         torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
-
-
-def load_lazy_tensor(program: Program, name: str, *, keep: bool = True) -> torch.Tensor:
-    """Read a streamed tensor from its shard, in the stand-in's dtype; `keep` stores it."""
-    from safetensors import safe_open
-
-    trim_heap()
-    entry = program.meta["lazy_tensors"][name]
-    shard, key = entry
-    standin = program.get_tensor(name)
-    finish = getattr(entry, "finish", None)  # a layer-wise compile's folded transforms
-    expected = tuple(entry.root_shape) if finish else tuple(standin.shape)
-    try:
-        with safe_open(shard, framework="pt") as f:
-            value = f.get_tensor(key)
-    except Exception as e:  # a shard that changed or broke since capture
-        raise QCompilerError(f"cannot read {key} from {shard}: {str(e).splitlines()[0]}") from None
-    if tuple(value.shape) != expected:
-        raise QCompilerError(f"{key} in {shard} has shape {tuple(value.shape)}, the model "
-                             f"expects {expected}; the checkpoint does not match "
-                             "its config.json")
-    value = finish(value) if finish else value.to(standin.dtype)
-    if keep:
-        program.set_tensor(name, value)
-        del program.meta["lazy_tensors"][name]
-    return value
-
-
-def iter_lazy_tensor(program: Program, name: str,
-                     block_bytes: int = 16 << 20) -> Iterator[torch.Tensor]:
-    """A streamed tensor as row blocks in the stand-in's dtype (bounded memory)."""
-    from safetensors import safe_open
-
-    trim_heap()
-    entry = program.meta["lazy_tensors"][name]
-    shard, key = entry
-    standin = program.get_tensor(name)
-    finish = getattr(entry, "finish", None)  # a layer-wise compile's folded transforms
-    if finish is not None and not entry.by_rows:
-        yield load_lazy_tensor(program, name, keep=False)
-        return
-    shape = tuple(entry.root_shape) if finish else tuple(standin.shape)
-    row_bytes = max(1, standin[0].numel() * 4) if standin.dim() > 1 else 1
-    rows = max(1, block_bytes // row_bytes) if standin.dim() > 1 else max(shape or (1,))
-    total = shape[0] if shape else 1
-    for start in range(0, total, rows):
-        with safe_open(shard, framework="pt") as f:
-            part = f.get_slice(key)
-            if tuple(part.get_shape()) != shape:
-                raise QCompilerError(f"{key} in {shard} has shape {tuple(part.get_shape())}, the "
-                                     f"model expects {shape}; the checkpoint does not match "
-                                     "its config.json")
-            block = part[start:start + rows] if shape else f.get_tensor(key)
-        yield finish(block) if finish else block.to(standin.dtype)
-
-
-def materialize(program: Program) -> Program:
-    """Read every streamed tensor, so the program can run in memory."""
-    for name in list(program.meta.get("lazy_tensors") or {}):
-        if program.has_tensor(name):
-            load_lazy_tensor(program, name, keep=True)
-    program.meta.pop("lazy_tensors", None)
-    return program

@@ -39,3 +39,10 @@ class DecodeUnsupported(QCompilerError):
 
 class VerifyError(QCompilerError):
     """The program is malformed after a pass (a compiler bug or a bad input program)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters): a one-line
+    error that wraps a library's multi-line one."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

@@ -37,7 +37,7 @@ calibration one pass over the data.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -127,21 +127,58 @@ def assemble(fmt: Any, shape: tuple[int, int], group: int, codes: torch.Tensor,
     return QTensor.from_tensors(fmt.name, shape, group, parts, first.opts)
 
 
-def damped_inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹, in float64 for stability."""
-    h = h.to(torch.float64)
+def damped_inverse_factor(h: torch.Tensor, damp: float, *,
+                          fresh: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹, in float64 for stability.
+
+    Memory: one K×K float64 buffer in LAPACK's column-major layout is damped, factored,
+    inverted and factored again in place, where H + λI, its factor, the inverse and its factor
+    were each a buffer (plus torch's copies into column-major): at K = 8192 (a Llama MLP's down
+    projection) one buffer is 512 MiB. Without `fresh`, `h` is left alone and a copy is the
+    buffer; with it, `h` must be such a buffer (`float64_hessian`) that the caller gives up,
+    and `fresh()` makes a new one, needed only if the damping has to grow. The values are
+    those of the out-of-place steps bit for bit (the same LAPACK calls on the same inputs;
+    -0.0 entries become +0.0 as H + λ·I made them); the result keeps LAPACK's layout."""
+    if fresh is None:
+        source = h
+
+        def fresh() -> torch.Tensor:
+            return float64_hessian(source, torch.zeros(source.shape[0], dtype=torch.bool))
+        h = fresh()
     k = h.shape[0]
     mean = float(torch.diagonal(h).mean())
-    eye = torch.eye(k, dtype=torch.float64)
+    info = torch.zeros((), dtype=torch.int32)
     for attempt in range(6):  # raise the damping until H is numerically positive definite
         lam = damp * (10 ** attempt) * max(mean, 1e-12)
-        chol, info = torch.linalg.cholesky_ex(h + lam * eye)
+        a = h if attempt == 0 else fresh()
+        del h
+        a.add_(0.0)  # as H + λ·I: off the diagonal h + 0.0
+        a.diagonal().add_(lam)
+        torch.linalg.cholesky_ex(a, out=(a, info))
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(chol)
-            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            torch.cholesky_inverse(a, out=a)
+            torch.linalg.cholesky_ex(a, upper=True, out=(a, info))
             if int(info) == 0:
-                return upper
+                return a
+        h = a  # overwritten: a later attempt starts from fresh()
     raise ValueError("the calibration Hessian is not positive definite even with 1e5x damping")
+
+
+def float64_hessian(h: torch.Tensor, dead: torch.Tensor,
+                    perm: torch.Tensor | None = None) -> torch.Tensor:
+    """H in float64 and column-major (the layout LAPACK works in, so `damped_inverse_factor`
+    needs no other buffer) with unit diagonal where a column never fired, in `perm` order
+    (filled a block of rows at a time: H[perm][:, perm] would hold two more K×K buffers)."""
+    k = h.shape[0]
+    out = torch.empty_strided((k, k), (1, k), dtype=torch.float64)
+    if perm is None:
+        out.copy_(h.detach())
+    else:
+        for r0 in range(0, k, 1024):
+            out[r0:r0 + 1024] = h.detach()[perm[r0:r0 + 1024]][:, perm]
+    unit = dead if perm is None else dead[perm]
+    out[unit, unit] = 1.0
+    return out
 
 
 def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
@@ -149,10 +186,9 @@ def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
                   search: str | None = None) -> QTensor:
     """GPTQ of w [N, K] with Hessian h [K, K] (Σ xᵀx) into `fmt`, groups of `group` along K."""
     n, k = w.shape
-    w = w.detach().to(torch.float64).clone()
-    h = h.detach().to(torch.float64).clone()
+    w = w.detach().to(torch.float64, copy=True)
     dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
+    hd = float64_hessian(h, dead)  # the caller's h stays as it is
     w[:, dead] = 0.0
     original = w.to(torch.float32)
     if search == HALF_STEP:
@@ -164,14 +200,18 @@ def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
     tables: list[torch.Tensor | None] = [None] * ngroups
     perm = torch.arange(k)
     if act_order:
-        perm = torch.argsort(torch.diagonal(h), descending=True)
+        perm = torch.argsort(torch.diagonal(hd), descending=True)
         for g in range(ngroups):  # static groups: parameters from the original weight
             params[g] = group_params(fmt, original[:, g * group:(g + 1) * group], group, search,
                                      pin)
             tables[g] = value_table(fmt, params[g]).to(torch.float64)
-        w, h = w[:, perm], h[perm][:, perm]
-    u = damped_inverse_factor(h, damp)
-    codes = torch.zeros(n, k, dtype=torch.long)
+        del hd
+        w, hd = w[:, perm], float64_hessian(h, dead, perm)
+    # hd is given up to the factor (overwritten in place); rebuilt only if damping must grow
+    u = damped_inverse_factor(hd, damp, fresh=lambda: float64_hessian(
+        h, dead, perm if act_order else None))
+    del hd
+    codes = torch.zeros(n, k, dtype=torch.uint8 if fmt.bits <= 8 else torch.long)
     for b0 in range(0, k, block_size):
         b1 = min(b0 + block_size, k)
         w1 = w[:, b0:b1].clone()

@@ -114,6 +114,10 @@ class PassManager:
                     verify(program, after=p.name)
                 program.gm.recompile()
             except Exception as e:
+                from qcompiler.distributed import PeerFailed
+
+                if isinstance(e, PeerFailed):  # another process failed and says why
+                    raise
                 if self.print_ir_after_failure:
                     self._dump("After", f"{p.name} Failed", program)
                 raise self._failure(index, e, snapshot) from e
@@ -169,7 +173,9 @@ class PassManager:
         # A reproducer holds the program with its weights (megabytes): written where the user
         # asked (--reproducer-dir), or, for a compiler bug, to a temp dir that is kept for the
         # bug report; never left behind in /tmp for a user mistake the message already explains.
-        if self.reproducer_dir is not None or internal:
+        from qcompiler.distributed import is_writer
+
+        if (self.reproducer_dir is not None or internal) and is_writer():  # rank 0 only
             try:
                 directory, command = write_reproducer(
                     snapshot, remaining, self.reproducer_dir, pass_name=p.name,

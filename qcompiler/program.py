@@ -5,7 +5,7 @@ parameters and buffers are `get_attr` nodes named by their original dotted names
 (`model.layers.0.mlp.down_proj.weight`), with plain positional placeholders and a tensor (or
 tuple of tensors) output. Unlifted form keeps passes simple: adding a packed-weight buffer is
 `program.add_tensor(name, t)` plus a `get_attr` node, with no graph-signature bookkeeping.
-`Program.export()` re-runs `torch.export` to get an `ExportedProgram` for saving or MLIR.
+`Program.export()` gives the `ExportedProgram` for saving or MLIR (lift.py; no re-tracing).
 """
 
 from __future__ import annotations
@@ -142,7 +142,18 @@ class Program:
         return tuple(dims)
 
     def export(self) -> torch.export.ExportedProgram:
-        """Re-export to a `torch.export.ExportedProgram` (for saving and MLIR import)."""
+        """The program as a `torch.export.ExportedProgram` (for saving and MLIR import): lifted
+        from the annotated graph without tracing (lift.py), or, for a graph lifting cannot
+        take, re-exported by `torch.export`."""
+        from qcompiler.lift import lift
+
+        lifted = lift(self)
+        if lifted is not None:
+            return lifted
+        return self.reexport()
+
+    def reexport(self) -> torch.export.ExportedProgram:
+        """Run `torch.export` on the GraphModule again (traces every node under fake tensors)."""
         with torch.no_grad():
             return torch.export.export(
                 self.gm, self.example_inputs, dynamic_shapes=self.dynamic_shapes(), strict=False

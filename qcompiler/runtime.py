@@ -147,7 +147,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
     """
     import qcompiler.ops  # noqa: F401  (registers the qc:: ops before the archive is read)
     from qcompiler.artifact_check import check_kernels, verify_artifact
-    from qcompiler.capture import load_exported
+    from qcompiler.export_archive import load_exported
 
     directory = Path(path)
     manifest = artifact.read_manifest(directory)

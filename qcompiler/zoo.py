@@ -167,7 +167,7 @@ def build_module(name: str, seed: int = 0) -> torch.nn.Module:
     """The HF module behind a zoo name (random-init, seeded), without capturing it."""
     _check(name)
     if name in DIRS:
-        from qcompiler.capture import hf_kind
+        from qcompiler.torch_capture import hf_kind
         import transformers
 
         path = str(DIRS[name]())
@@ -194,7 +194,7 @@ def _load_cached(name: str, seed: int) -> Program:
     read back from the archive, so the IR (down to the names of symbolic-size nodes) is the same
     whether or not the cache was warm. The key covers the capture code and library versions.
     """
-    from qcompiler.capture import load_exported, save_exported
+    from qcompiler.export_archive import load_exported, save_exported
 
     _check(name)
     path = _cache_path(name, seed)
@@ -219,7 +219,7 @@ def _load_cached(name: str, seed: int) -> Program:
 
 
 def _capture(name: str, seed: int) -> Program:
-    from qcompiler.capture import capture_hf_dir, capture_hf_model
+    from qcompiler.torch_capture import capture_hf_dir, capture_hf_model
 
     if name in DIRS:
         return capture_hf_dir(DIRS[name]())
@@ -240,7 +240,8 @@ def _cache_path(name: str, seed: int) -> Path | None:
 
     digest = hashlib.sha256(f"{torch.__version__} {version('transformers')}".encode())
     here = Path(__file__).parent
-    for source in ("zoo.py", "capture.py", "program.py", "moe.py"):
+    for source in ("zoo.py", "capture.py", "torch_capture.py", "export_archive.py", "program.py",
+                   "moe.py"):
         digest.update((here / source).read_bytes())
     return Path(root) / "zoo" / f"{name}-s{seed}-{digest.hexdigest()[:16]}.pt2"
 

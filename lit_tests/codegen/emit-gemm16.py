@@ -4,7 +4,9 @@
 # per-word register the asm looks up from the 2-bit metadata with one mad + prmt (no table in
 # memory); the group scale is one fp16x2 multiply per pair (nvfp4: folded into the sign
 # multiplier, its 2^u and global scale applied to the fp32 accumulator); the weights are the
-# dot's fp16 operand; QC_GEMM=fp32 keeps the old kernel selectable; nf4 has no gemm16.
+# dot's fp16 operand; QC_GEMM=fp32 keeps the old kernel selectable; nf4 decodes 4 codes per
+# prmt of an 8-entry byte table (fp16 high / low bytes of codes 0-7, 8-15) merged by the code's
+# bit 3, with the table words a prmt cannot take as an immediate passed in as operands.
 # RUN: %PYTHON %s | FileCheck %s
 from qcompiler.codegen.emit import emit_kernel
 
@@ -30,7 +32,7 @@ def razer4():
 # CHECK-COUNT-4: set.eq.f16x2.f16x2 e, a, s;{{$}}
 # CHECK-NOT: {{ld\.|bra|@|setp|selp}}
 # CHECK: mov.b32 {$6, $7}, o3;
-# CHECK: CONSTRAINTS16_razer4 = tl.constexpr('=h,=h,=h,=h,=h,=h,=h,=h,r,r,h')
+# CHECK: CONSTRAINTS16_razer4 = tl.constexpr('=h,=h,=h,=h,=h,=h,=h,=h,r,r,h,r')
 # CHECK: def qc_razer4_gemm16_n4096_k4096_g128(
 # CHECK: words = tl.load(w_rows + wd[None, :], mask=w_mask, other=0)
 # CHECK: if USE_ASM:
@@ -75,9 +77,36 @@ def nvfp4_razer():
 
 @run
 def nf4():
-    src = emit_kernel("nf4", 4096, 4096, 64).source
-    print(src[src.index("GEMM16_KERNEL"):].splitlines()[0])
+    print(emit_kernel("nf4", 4096, 4096, 64).source)
 
 
 # CHECK-LABEL: // -----// nf4
-# CHECK-NEXT: GEMM16_KERNEL = None
+# CHECK: def h16_table16(c, s, V0: tl.constexpr,
+# CHECK-LABEL: ASM16_nf4 = tl.constexpr("""
+# CHECK-NOT: {{ld\.|bra|@|setp|selp|set\.}}
+# CHECK: mov.b32 ha0, $10;
+# CHECK-NEXT: mov.b32 ha1, 0x00adb1b4;
+# CHECK: and.b32 sel, w, 0x77777777;
+# CHECK-NEXT: shr.u32 selh, sel, 16;
+# CHECK-NEXT: prmt.b32 g, w4, w, 0xd9c8;
+# CHECK-NEXT: prmt.b32 a, ha0, ha1, sel;
+# CHECK-NEXT: prmt.b32 b, hb0, hb1, sel;
+# CHECK-NEXT: lop3.b32 vh, g, b, a, 0xca;
+# CHECK-NEXT: prmt.b32 a, la0, la1, sel;
+# CHECK-NEXT: prmt.b32 b, lb0, lb1, sel;
+# CHECK-NEXT: lop3.b32 vl, g, b, a, 0xca;
+# CHECK-NEXT: prmt.b32 t, vl, vh, 0x5140;
+# CHECK-NEXT: mul.rn.f16x2 o0, t, sp;
+# CHECK-COUNT-3: mul.rn.f16x2 o{{[1-3]}}, t, sp;
+# CHECK-NOT: {{ld\.|bra|@|setp|selp|set\.}}
+# CHECK: CONSTRAINTS16_nf4 = tl.constexpr('=h,=h,=h,=h,=h,=h,=h,=h,r,h,r,r,r,r')
+# CHECK: def qc_nf4_gemm16_n4096_k4096_g64(
+# CHECK: tab_ha0 = tl.full((1, 1), -1229407812, tl.int32)
+# CHECK: tab_ha0 = tl.inline_asm_elementwise(OPAQUE16_nf4,
+# CHECK: for k0 in range(
+# CHECK: ASM16_nf4, CONSTRAINTS16_nf4,
+# CHECK-NEXT: [words, tl.broadcast_to(s, words.shape), tl.broadcast_to(tab_ha0, words.shape),
+# CHECK: p0 = h16_table16(c16 & 15, s, -1.0, -0.6962890625,
+# CHECK: GEMM16_KERNEL = qc_nf4_gemm16_n4096_k4096_g64
+# CHECK-NEXT: GEMM_FP32_KERNEL = qc_nf4_gemm_n4096_k4096_g64
+# CHECK-NEXT: GEMM_KERNEL = qc_nf4_gemm16_n4096_k4096_g64

@@ -7,12 +7,14 @@
     qcompile run OUT --prompt "..."                 greedy generation with a compiled model
     qcompile export OUT --to compressed-tensors -o DIR   for vLLM / transformers
     qcompile formats | qcompile zoo | qcompile pipelines     list what is available
+    qcompile MODEL -p razer4-max -o out/ --nproc 2  calibrate over 2 processes (or torchrun)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from qcompiler.cli import common
@@ -65,6 +67,11 @@ def build_parser() -> common.ArgumentParser:
     g.add_argument("--calib-inputs", choices=["quantized", "fp"], default="quantized",
                    help="layer-wise: each layer calibrates on the outputs of the already "
                         "quantized layers before it (default) or of the fp model")
+    g = p.add_argument_group("several processes (docs/DISTRIBUTED.md)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="spread calibration over N processes on this machine (torch.distributed;"
+                        " gloo on CPU, nccl with a GPU each); for several machines run "
+                        "`torchrun ... -m qcompiler.cli.qcompile` instead")
     return p
 
 
@@ -74,8 +81,44 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]])
         return module.main(argv)
     args = build_parser().parse_args(argv)
+    if args.nproc != 1:
+        return _launch(args, argv)
     common.quiet_libraries()
-    return common.run_main(lambda: _compile(args), lambda: args.verbose)
+    return common.run_main(lambda: _compile_rank(args), lambda: args.verbose)
+
+
+def _launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """`--nproc N`: start N ranks of this same command (qcompiler/launch.py)."""
+    if args.nproc < 1:
+        sys.stderr.write(f"error: --nproc must be >= 1, got {args.nproc}\n")
+        return common.EXIT_USAGE
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stderr.write("error: --nproc under torchrun: torchrun already started the "
+                         "processes; leave out --nproc\n")
+        return common.EXIT_USAGE
+    from qcompiler.launch import launch
+
+    rest, skip = [], False
+    for a in argv:  # the same command without --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return launch(args.nproc, rest)
+
+
+def _compile_rank(args: argparse.Namespace) -> int:
+    """`_compile` in the process group when several processes run (torchrun or --nproc)."""
+    from qcompiler.launch import run_rank
+
+    def body(group) -> int:
+        if group is not None and not group.is_writer:
+            args.quiet, args.verbose = True, 0
+        return _compile(args)
+
+    return run_rank(body)
 
 
 def _compile(args) -> int:
@@ -104,6 +147,10 @@ def _compile(args) -> int:
         emit=emit, quiet=args.quiet, verbose=args.verbose, trust_pickle=args.trust_pickle,
         calibration=calibration, stream=args.stream, layerwise=args.layerwise,
         sequential=args.calib_inputs == "quantized", **common.pass_manager_kwargs(args))
+    from qcompiler.distributed import is_writer
+
+    if not is_writer():
+        return common.EXIT_OK  # rank 0 writes and prints
     if emit == "artifact":
         if not args.quiet:
             from qcompiler.artifact import read_manifest, size_line
@@ -124,3 +171,7 @@ def _check_format(name: str) -> None:
         formats.get(name)
     except QCompilerError as e:
         raise UsageError(str(e)) from None
+
+
+if __name__ == "__main__":  # `python -m qcompiler.cli.qcompile`: what torchrun and --nproc run
+    sys.exit(main())

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from qcompiler.formats.qtensor import QTensor
-from qcompiler.formats.scale_search import ErrorMeasure
+from qcompiler.formats.scale_search import ErrorMeasure, stream_capturing
 
 if TYPE_CHECKING:
     from qcompiler.formats.base import Encoded, Format
@@ -28,7 +28,9 @@ PARTS = ("codes", "scales", "zeros", "meta")
 
 def canonicalize(fmt: Format, enc: Encoded, search: str, opts: dict[str, Any],
                  absmax: torch.Tensor | None) -> Encoded:
-    maybe = fmt._ambiguous_groups(enc, opts)
+    # selecting the groups reads their count on the host; a CUDA graph capture (a KV4 cache
+    # quantizing a decode step) cannot synchronize, so it re-encodes every group (same result)
+    maybe = None if stream_capturing() else fmt._ambiguous_groups(enc, opts)
     if maybe is None:
         return _canonicalize_all(fmt, enc, search, opts, absmax)
     if opts.get("scale") == "pow2-row":  # the row's groups share the row scale: whole rows

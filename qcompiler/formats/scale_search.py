@@ -76,7 +76,9 @@ def search_ratio(evaluate: Callable[[torch.Tensor], torch.Tensor], like: torch.T
     for r in with_extra(clip_ratios(bits, search), extra):
         ratio = torch.full((n, g, 1), r, dtype=torch.float32, device=like.device)
         best.offer(evaluate(ratio), ratio=ratio)
-        if best.exact():
+        # exact() reads the errors on the host; a CUDA graph capture (a KV4 cache quantizing
+        # a decode step) cannot synchronize, so it tries every candidate (same result)
+        if not stream_capturing() and best.exact():
             return best["ratio"]
     if search == "rtn":
         return best["ratio"]
@@ -86,6 +88,15 @@ def search_ratio(evaluate: Callable[[torch.Tensor], torch.Tensor], like: torch.T
             ratio = (center + d).clamp(min=0.05, max=1.0)
             best.offer(evaluate(ratio), ratio=ratio)
     return best["ratio"]
+
+
+def stream_capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (False on a CPU-only build): host
+    reads of tensor values (early exits, input checks) must be skipped then."""
+    try:
+        return bool(torch.cuda.is_current_stream_capturing())
+    except (RuntimeError, AssertionError):  # no CUDA in this torch build, or no driver
+        return False
 
 
 def to_fp16_scale(s: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.fx as fx
 from qcompiler.dialect.registry import check_call, definition_of
 from qcompiler.ir.lexer import IRParseError, Token
 from qcompiler.ir.parser import Func, Ref, Stmt, parse_tensor_type
-from qcompiler.ir.printer import val_type
+from qcompiler.ir.printer import IR_NAME, val_type
 from qcompiler.program import DynamicDim, Program
 
 DEFAULT_RANGE = (2, 4096)
@@ -179,6 +179,8 @@ class Builder:
         if name in self.values:
             raise self.error(tok, f"%{name} is defined twice")
         self.values[name] = node
+        if node.name != name:  # fx renamed it (a builtin like `pow`, or no identifier): keep ours
+            node.meta[IR_NAME] = name
 
     def _param(self, stmt: Stmt, root: torch.nn.Module) -> None:
         from qcompiler.ir.inline import init_value

@@ -39,9 +39,24 @@ def infer_node_meta(node: fx.Node) -> Any:
     mode = detect_fake_mode((args, kwargs)) or _graph_fake_mode(node.graph)
     if mode is None:
         return None
+    target = _SYMBOLIC_REFS.get(node.target, node.target)
     with mode:
-        node.meta["val"] = node.target(*args, **kwargs)
+        node.meta["val"] = target(*args, **kwargs)
     return node.meta["val"]
+
+
+# Ops whose fake kernel turns symbolic sizes into ints (which pins the dynamic sequence length to
+# the example's, for the whole graph), mapped to their torch._refs decomposition, which keeps
+# them symbolic as torch.export's tracing does: lower-datatype's K padding (aten.constant_pad_nd).
+_SYMBOLIC_REFS: dict[Any, Any] = {
+    torch.ops.aten.constant_pad_nd.default: lambda *a, **k: _refs().constant_pad_nd(*a, **k),
+}
+
+
+def _refs() -> Any:
+    import torch._refs
+
+    return torch._refs
 
 
 def _graph_fake_mode(graph: fx.Graph) -> Any:

@@ -8,13 +8,16 @@
     }
 
 Value names are the fx node names (stable: torch.export names nodes deterministically, and our
-passes derive new names from old ones). Dynamic sizes print as `?`. Tensors are never printed,
-only their types; keyword arguments print as `{key = value}` attributes (this is where the
-quantized ops carry format, group size and shape), a `qc` op's in the order its definition
-(qcompiler/dialect/defs.py) lists them. A weight whose quantized values a calibration
+passes derive new names from old ones), except that a name read from IR text prints as written:
+fx renames a node that would shadow a Python builtin or is no identifier (`%pow` becomes the
+node `pow_1`, `%0` becomes `_0`), so the parser keeps the written name in `node.meta[IR_NAME]`
+and print → parse → print is the identity (`value_names`). Dynamic sizes print as `?`. Tensors
+are never printed, only their types; keyword arguments print as `{key = value}` attributes (this
+is where the quantized ops carry format, group size and shape), a `qc` op's in the order its
+definition (qcompiler/dialect/defs.py) lists them. A weight whose quantized values a calibration
 pass already chose (a weight plan, qcompiler/weight_plan.py) carries `{plan = "razer4 g128 by
-gptq"}` on its param line. We do not use PyTorch's own graph printing,
-whose format changes between releases.
+gptq"}` on its param line. We do not use PyTorch's own graph printing, whose format changes
+between releases.
 
 The text parses back (qcompiler/ir/io.py; grammar in docs/CONTRACTS.md): strings are JSON
 strings, the header comments name the tensors file (`tensors=`) and which `?` is which symbol
@@ -33,6 +36,8 @@ import torch.fx as fx
 from qcompiler.dialect.registry import attr_order
 from qcompiler.ir.meta import infer_node_meta
 
+IR_NAME = "ir_name"  # node.meta key: the value's name as the IR text wrote it, when fx renamed it
+
 DTYPES = {
     torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
     torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
@@ -46,34 +51,60 @@ def print_program(program: Any, tensors: str | None = None) -> str:
     safetensors file that holds its tensors (qcompiler/ir/store.py), for the header."""
     gm = program.gm if hasattr(program, "gm") else program
     graph: fx.Graph = gm.graph
+    names = value_names(graph)
     lines: list[str] = []
     source = getattr(program, "source", "")
     kind = getattr(program, "kind", "module")
     header = f"// qcompiler IR: source={_header_value(source or '<module>')} kind={kind}"
     lines.append(header + (f" tensors={_header_value(tensors)}" if tensors else ""))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    dims = [f"{placeholders[d.input_index].name}.{d.dim}={d.name}:{d.min}..{d.max}"
+    dims = [f"{names[placeholders[d.input_index]]}.{d.dim}={d.name}:{d.min}..{d.max}"
             for d in getattr(program, "dynamic_dims", []) if d.input_index < len(placeholders)]
     if dims:
         lines.append("// dims: " + " ".join(dims))
     for entry in (getattr(program, "meta", {}) or {}).get("quantize_report", []):
         lines.append("// " + entry)
     output = next(n for n in graph.nodes if n.op == "output")
-    sig_in = ", ".join(f"%{n.name}: {type_str(n)}" for n in placeholders)
+    sig_in = ", ".join(f"%{names[n]}: {type_str(n)}" for n in placeholders)
     sig_out = _result_types(output.args[0])
     lines.append(f"qc.func @main({sig_in}) -> {sig_out} {{")
     for node in graph.nodes:
         if node.op == "placeholder":
             continue
         if node.op == "output":
-            lines.append(f"  qc.return {_operand(output.args[0])} : {sig_out}")
+            lines.append(f"  qc.return {_operand(output.args[0], names)} : {sig_out}")
         elif node.op == "get_attr":
-            lines.append(f'  %{node.name} = qc.param {attr_str(str(node.target))} : {type_str(node)}'
-                         + _plan_attr(program, str(node.target)))
+            lines.append(f'  %{names[node]} = qc.param {attr_str(str(node.target))} : '
+                         f'{type_str(node)}' + _plan_attr(program, str(node.target)))
         else:
-            lines.append(_op_line(node))
+            lines.append(_op_line(node, names))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def value_names(graph: fx.Graph) -> dict[fx.Node, str]:
+    """The printed name of every node, all distinct. A name the IR text gave a node
+    (`meta[IR_NAME]`, set by the parser where fx renamed the node) is kept, the first node
+    claiming it winning (a pass that copies a node's meta onto a second live node does not make
+    two values share a name); every other node prints its fx name, with a `_N` suffix in the
+    rare case that a kept IR name already took it."""
+    names: dict[fx.Node, str] = {}
+    taken: set[str] = set()
+    for node in graph.nodes:
+        wanted = node.meta.get(IR_NAME)
+        if isinstance(wanted, str) and wanted not in taken:
+            names[node] = wanted
+            taken.add(wanted)
+    fx_names = {n.name for n in graph.nodes}
+    for node in graph.nodes:
+        if node in names:
+            continue
+        name, k = node.name, 1
+        while name in taken or (name != node.name and name in fx_names):
+            name, k = f"{node.name}_{k}", k + 1
+        names[node] = name
+        taken.add(name)
+    return names
 
 
 def _header_value(v: str) -> str:
@@ -121,14 +152,14 @@ def val_type(val: Any) -> str:
     return "none" if val is None else "?"
 
 
-def _op_line(node: fx.Node) -> str:
+def _op_line(node: fx.Node, names: dict[fx.Node, str]) -> str:
     name = _op_name(node)
-    args = ", ".join(_operand(a) for a in node.args)
+    args = ", ".join(_operand(a, names) for a in node.args)
     attrs = ""
     if node.kwargs:
         keys = attr_order(node.target, dict(node.kwargs))  # a qc op's: its definition's order
-        attrs = " {" + ", ".join(f"{k} = {attr_str(node.kwargs[k])}" for k in keys) + "}"
-    return f"  %{node.name} = {name}({args}){attrs} : {type_str(node)}"
+        attrs = " {" + ", ".join(f"{k} = {attr_str(node.kwargs[k], names)}" for k in keys) + "}"
+    return f"  %{names[node]} = {name}({args}){attrs} : {type_str(node)}"
 
 
 def _op_name(node: fx.Node) -> str:
@@ -147,18 +178,19 @@ def _op_name(node: fx.Node) -> str:
     return f"py.{getattr(target, '__qualname__', str(target))}"
 
 
-def _operand(a: Any) -> str:
+def _operand(a: Any, names: dict[fx.Node, str] | None = None) -> str:
     if isinstance(a, fx.Node):
-        return f"%{a.name}"
+        return f"%{names.get(a, a.name) if names else a.name}"
     if isinstance(a, (tuple, list)):
-        return "[" + ", ".join(_operand(x) for x in a) + "]"
-    return attr_str(a)
+        return "[" + ", ".join(_operand(x, names) for x in a) + "]"
+    return attr_str(a, names)
 
 
-def attr_str(v: Any) -> str:
-    """A constant as the IR writes it; the parser reads each form back as the same value."""
+def attr_str(v: Any, names: dict[fx.Node, str] | None = None) -> str:
+    """A constant as the IR writes it; the parser reads each form back as the same value.
+    `names`: the printed name of each node (`value_names`), else its fx name."""
     if isinstance(v, fx.Node):
-        return f"%{v.name}"
+        return f"%{names.get(v, v.name) if names else v.name}"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
@@ -168,7 +200,7 @@ def attr_str(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(attr_str(x) for x in v) + "]"
+        return "[" + ", ".join(attr_str(x, names) for x in v) + "]"
     if isinstance(v, torch.dtype):
         return DTYPES.get(v, str(v).removeprefix("torch."))
     if isinstance(v, (torch.device, torch.memory_format, torch.layout)):

@@ -12,7 +12,7 @@ operands in the same order, so the values are bitwise those of the whole-model p
 
 After the passes, `detach_transforms` swaps every LazyWeight for a plain stand-in and keeps its
 recipe in `program.meta["lazy_tensors"]` (a `LazySource`, still unpacking as `shard, key`), where
-`qcompiler.driver.load_lazy_tensor` / `iter_lazy_tensor` apply it: streaming readers need not
+`qcompiler.lazy_tensors.load_lazy_tensor` / `iter_lazy_tensor` apply it: streaming readers need not
 know about transforms. A recipe whose operations keep rows independent (elementwise scaling of
 columns, `W @ Q`, casts) is replayed a block of rows at a time, so the embedding table and LM
 head are never whole in float64.

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from qcompiler.calibration import CalibrationConfig, calibration_batches, get_config
-from qcompiler.driver import load_lazy_tensor, trim_heap
+from qcompiler.lazy_tensors import load_lazy_tensor, trim_heap
 from qcompiler.errors import QCompilerError
 from qcompiler.layerwise.lazy_weight import detach_transforms, wrap_lazy_tensors
 from qcompiler.layerwise.segments import Segment, last_uses, segment_program, split_segments
@@ -130,6 +130,7 @@ def plan_by_layer(program: Program, calibrated: list[Any], batches: list[Any],
     last = last_uses(segments)
     env: dict[Any, list[Any]] = {}
     prefix, layers, suffix = segments[0], segments[1:-1], segments[-1]
+    batches, shard = _own_share(batches)  # several processes: this rank's sequences only
     for node, values in zip(prefix.inputs, zip(*[b if isinstance(b, (tuple, list)) else (b,)
                                                   for b in batches])):
         env[node] = list(values)
@@ -145,7 +146,7 @@ def plan_by_layer(program: Program, calibrated: list[Any], batches: list[Any],
         inputs = [tuple(env[n][j] for n in seg.inputs) for j in range(len(batches))]
         outs = None if sequential or seg is suffix else _forward(sub, inputs)
         sub_ctx = PassContext(quiet=True, calibration=CalibrationConfig(
-            samples=len(inputs), batches=inputs, seed=seed))
+            samples=max(1, len(inputs)), batches=inputs, seed=seed, shard=shard))
         for p in calibrated:
             t0 = time.perf_counter()
             result = p.apply(sub, sub_ctx)
@@ -168,6 +169,22 @@ def plan_by_layer(program: Program, calibrated: list[Any], batches: list[Any],
             {"pass": str(p), "seconds": round(seconds[str(p)], 6), "modified": True,
              "stats": stats[str(p)]})  # as the whole-model run reports it
     return errors
+
+
+def _own_share(batches: list[Any]) -> tuple[list[Any], list[int] | None]:
+    """(the batches this process runs, their global indices or None when it runs all): over
+    several processes each rank carries only its share of the activations through the layers;
+    the passes' statistics are combined across ranks (qcompiler/calibration.py)."""
+    from qcompiler.distributed import current, share
+
+    group = current()
+    if group is None:
+        return batches, None
+    if len(batches) < group.world:
+        raise QCompilerError(f"{group.world} processes need at least {group.world} calibration "
+                             f"sequences, got {len(batches)}; raise --calib-samples")
+    ids = share(len(batches), group)
+    return [batches[i] for i in ids], ids
 
 
 def _run_segment(program: Program, seg: Segment, env: dict[Any, list[Any]],

@@ -124,3 +124,48 @@ def test_gptq_option_errors():
         parse_pipeline("gptq")
     with pytest.raises(UsageError, match="damp must be in"):
         parse_pipeline("gptq{format=int4,damp=2}")
+
+
+def _textbook_factor(h, damp):
+    """(H + λI)⁻¹'s upper Cholesky factor, each step a new tensor (what the in-place one must
+    reproduce bit for bit), raising λ tenfold until H + λI is positive definite."""
+    h = h.to(torch.float64)
+    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    mean = float(torch.diagonal(h).mean())
+    for attempt in range(6):
+        chol, info = torch.linalg.cholesky_ex(h + damp * 10 ** attempt * max(mean, 1e-12) * eye)
+        if int(info) == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            if int(info) == 0:
+                return upper
+    raise AssertionError("not positive definite")
+
+
+@pytest.mark.parametrize("damp", [0.01, 1e-17])  # 1e-17: the damping has to grow (retries)
+def test_in_place_factor_is_the_textbook_one(damp):
+    from qcompiler.gptq_core import damped_inverse_factor, float64_hessian
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 96, generator=g, dtype=torch.float64)
+    h = x.T @ x  # rank 8 of 96: needs damping
+    before = h.clone()
+    expected = _textbook_factor(h, damp)
+    assert torch.equal(damped_inverse_factor(h, damp), expected)
+    assert torch.equal(h, before)  # without `fresh` the caller's H is left alone
+    dead = torch.zeros(96, dtype=torch.bool)
+    work = float64_hessian(h, dead)
+    assert work.stride() == (1, 96)  # LAPACK's layout: factored with no other K×K buffer
+    got = damped_inverse_factor(work, damp, fresh=lambda: float64_hessian(h, dead))
+    assert torch.equal(got, expected)
+    if damp == 0.01:  # no retry: the result is the caller's buffer, factored in place
+        assert got.data_ptr() == work.data_ptr()
+
+
+def test_gptq_leaves_the_hessian_alone():
+    g = torch.Generator().manual_seed(4)
+    w, x = torch.randn(16, 64, generator=g), torch.randn(32, 64, generator=g)
+    x[:, :3] = 0  # dead columns get a unit diagonal in GPTQ's own copy only
+    h = x.T @ x
+    before = h.clone()
+    gptq_quantize(formats.get("int4"), w, h, 32, act_order=True)
+    assert torch.equal(h, before)

@@ -40,9 +40,9 @@ def test_dry_run_writes_every_section(tmp_path):
     assert len(checks) == 7 and all(r["ok"] for r in checks), checks
     assert {r["kernel"] for r in checks} >= {"gemv16 (fp16x2, M=1 default)",
                                              "gemv fp32 (QC_GEMV=fp32)", "gemv split-K 4 + bias",
-                                             "gemm split-K 2 + bias"}
+                                             "gemm16 split-K 2 + bias"}
     kernels = [r for r in rows if r["section"] == "kernels" and "note" not in r]
-    assert {(r["m"], r["kernel"]) for r in kernels} == {(1, "gemv16"), (16, "gemm")}
+    assert {(r["m"], r["kernel"]) for r in kernels} == {(1, "gemv16"), (16, "gemm16")}
     assert all(r["us"] > 0 and r["fp16_us"] > 0 for r in kernels)
     decode = [r for r in rows if r["section"] == "decode" and "note" not in r]
     assert {(r["run"], r["batch"]) for r in decode} == {
@@ -52,6 +52,22 @@ def test_dry_run_writes_every_section(tmp_path):
     for text in ("- command: `", "- date: ", "- versions: Python", "torch ", "triton ",
                  "| razer4 | gemv16 (fp16x2, M=1 default) | 1 | 40x256 |", "## Decode"):
         assert text in md, text
+
+
+def test_dry_run_checks_nf4_through_gemm16(tmp_path):
+    """nf4 is in the GPU run's formats and its M = 16 / 256 checks and timings go through the
+    tensor-core GEMM (gemm16), as the launcher picks it for fp16 activations."""
+    assert "nf4" in _gpu_all().FORMATS
+    out = tmp_path / "out"
+    assert _gpu_all().main([str(out), "--dry-run", "--formats", "nf4",
+                            "--sections", "correctness,kernels"]) == 0
+    rows = _rows(out)
+    checks = [r for r in rows if r["section"] == "correctness" and "note" not in r]
+    assert all(r["ok"] and r["format"] == "nf4" for r in checks), checks
+    assert {(r["kernel"], r["m"]) for r in checks} >= {("gemm16", 16), ("gemm16", 20),
+                                                       ("gemm16 split-K 2 + bias", 16)}
+    kernels = [r for r in rows if r["section"] == "kernels" and "note" not in r]
+    assert {(r["m"], r["kernel"]) for r in kernels} == {(1, "gemv16"), (16, "gemm16")}
 
 
 def test_rows_are_written_as_they_come(tmp_path):

@@ -48,6 +48,28 @@ def test_every_bucket_has_valid_candidates_for_llama_shapes(fmt: str, g: int) ->
                 assert why is None, (cfg, why)
 
 
+@pytest.mark.parametrize("fmt,g", [("int4", 128), ("nf4", 64), ("mxfp4", 32), ("nvfp4-razer", 16)])
+def test_gemm16_never_gets_32_columns_per_warp(fmt: str, g: int) -> None:
+    """Triton 3.9 cannot lower gemm16's wgmma with 32 weight rows per warp ("Illegal shared
+    layout": BLOCK_N 128 / 4 warps, 256 / 8 warps); prune rejects them, 16 and 64 pass, and
+    the fp32 GEMM of other formats (which compiles them) keeps them."""
+    spec = make_spec(fmt, 4096, 14336, g)
+    gemm = KernelKind.GEMM
+    for bn, nw in ((128, 4), (256, 8)):
+        for bk in (64, 128):
+            why = prune(spec, gemm, 256, KernelConfig(64, bn, bk, 1, 8, nw, 3), H100)
+            assert why is not None and why.why is Why.LAYOUT and "Illegal shared layout" in str(why)
+    for bn, nw in ((256, 4), (128, 8), (64, 4)):
+        assert prune(spec, gemm, 256, KernelConfig(64, bn, 128, 1, 8, nw, 3), H100) is None
+    for n, k in LLAMA:
+        spec = make_spec(fmt, n, k, g)
+        for b in M_BUCKETS:
+            if kind_for(b) is gemm:
+                assert all(c.block_n != 32 * c.num_warps for c in candidates(spec, gemm, b, H100))
+    int3 = make_spec("int3", 4096, 14336, 128)
+    assert prune(int3, gemm, 256, KernelConfig(64, 128, 128, 1, 8, 4, 3), H100) is None
+
+
 def test_decode_default_fills_the_gpu() -> None:
     cfg = default_config(make_spec("razer4", 4096, 11008, 128), KernelKind.GEMV, 1, H100)
     programs = -(-4096 // cfg.block_n) * cfg.split_k

@@ -1,6 +1,7 @@
 """Property: print(parse(text)) is a fixed point, and the parsed program computes what the text
 says, for random small hand-written graphs (inline and seeded-random params, a dynamic batch,
-tuples through py.getitem, scalar and list operands, string attributes with escapes)."""
+tuples through py.getitem, scalar and list operands, string attributes with escapes, value
+names that fx would rename: Python builtins and keywords, names that are no identifier)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from qcompiler.ir.printer import DTYPES, attr_str
 UNARY = ["aten.relu({a})", "aten.tanh({a})", "aten.neg({a})", "aten.mul.Tensor({a}, {s})",
          "aten.add.Tensor({a}, {s})"]
 BINARY = ["aten.add.Tensor({a}, {b})", "aten.mul.Tensor({a}, {b})", "aten.sub.Tensor({a}, {b})"]
+# Value names fx cannot use as node names (it would print `%pow_1`, `%_3`); index i is the
+# i-th value's, so the names in one program stay distinct.
+FX_RENAMED = ["pow", "sum", "input", "class", "max", "id", "type", "lambda"]
 
 
 def body(text: str) -> list[str]:
@@ -40,7 +44,7 @@ def programs(draw) -> str:
     for i in range(draw(st.integers(1, 8))):
         a, b = f"%{values[-1]}", f"%{draw(st.sampled_from(values))}"
         kind = draw(st.sampled_from(["unary", "binary", "linear", "split", "sum"]))
-        name = f"v{i}"
+        name = draw(st.sampled_from([f"v{i}", FX_RENAMED[i], f"{i}", f"a.{i}", f"v-{i}"]))
         if kind == "unary":
             s = draw(st.sampled_from(["2", "-1", "0.5", "1e-06", "inf"]))
             op = draw(st.sampled_from(UNARY)).format(a=a, s=s)

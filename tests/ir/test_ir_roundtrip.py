@@ -90,3 +90,47 @@ def test_qc_opt_reports_a_parse_error_on_one_line(tmp_path, capsys):
     assert qc_opt.main([str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {bad}:2:18: use of undefined value %z"]
+
+
+def test_names_fx_renames_print_as_written():
+    """fx will not name a node `pow` (a builtin), `class` (a keyword) or `0` (no identifier) and
+    renames it; the printer still prints the name the text gave, so print(parse(text)) == text."""
+    from qcompiler.ir.io import parse_program
+
+    text = """qc.func @main(%input: tensor<4x8xf32>) -> tensor<4x8xf32> {
+  %pow = aten.pow.Tensor_Scalar(%input, 2) : tensor<4x8xf32>
+  %pow_1 = aten.relu(%pow) : tensor<4x8xf32>
+  %class = aten.mean.dim(%pow_1, [-1], true) : tensor<4x1xf32>
+  %0 = aten.add.Tensor(%pow, %class) : tensor<4x8xf32>
+  qc.return %0 : tensor<4x8xf32>
+}
+"""
+    program = parse_program(text)
+    assert {n.name for n in program.gm.graph.nodes} >= {"pow_2", "class_1", "_0"}  # fx's names
+    assert body(print_program(program)) == body(text)
+    x = torch.randn(4, 8)
+    y = x.pow(2)
+    torch.testing.assert_close(program(x), y + y.relu().mean(-1, keepdim=True), rtol=0, atol=0)
+
+
+def test_a_copied_ir_name_is_printed_once():
+    """A pass that copies a renamed node's meta onto a second live node: the names stay
+    distinct (the first node keeps the written name, the copy prints its fx name)."""
+    from qcompiler.ir.io import parse_program
+
+    program = parse_program("""qc.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+  %pow = aten.pow.Tensor_Scalar(%x, 2) : tensor<4xf32>
+  qc.return %pow : tensor<4xf32>
+}
+""")
+    graph = program.gm.graph
+    pow_node = next(n for n in graph.nodes if n.op == "call_function")
+    with graph.inserting_after(pow_node):
+        copy = graph.call_function(torch.ops.aten.neg.default, (pow_node,))
+    copy.meta.update(pow_node.meta)
+    out = next(n for n in graph.nodes if n.op == "output")
+    out.args = (copy,)
+    lines = body(print_program(program))
+    assert lines[1].startswith("  %pow = aten.pow.Tensor_Scalar(%x, 2)")
+    assert lines[2] == f"  %{copy.name} = aten.neg(%pow) : tensor<4xf32>"
+    assert lines[3] == f"  qc.return %{copy.name} : tensor<4xf32>"

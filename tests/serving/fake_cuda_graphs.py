@@ -7,7 +7,8 @@ as a real capture records kernels with their buffer addresses; `g.replay()` re-r
 the same tensor objects and writes each result into the tensor recorded at capture, so a
 replay reads whatever the static buffers hold now, and nothing else: exactly the contract of a
 CUDA graph. Ops that synchronize with the host (`.item()`, `nonzero`, ...) raise, as they
-would make a real capture fail.
+would make a real capture fail, and `torch.cuda.is_current_stream_capturing()` is True inside
+the block, as on a real capturing stream.
 """
 
 from __future__ import annotations
@@ -63,11 +64,18 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+_CAPTURING = [False]
+
+
 @contextlib.contextmanager
 def fake_graph(graph: FakeGraph, *args, **kwargs):
     assert not graph.ops, "a graph is captured once"
-    with _Recorder(graph):
-        yield
+    _CAPTURING[0] = True
+    try:
+        with _Recorder(graph):
+            yield
+    finally:
+        _CAPTURING[0] = False
 
 
 class FakeStream:
@@ -82,6 +90,7 @@ def install(monkeypatch) -> type[FakeGraph]:
     FakeGraph.created = []
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: _CAPTURING[0])
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: FakeStream())

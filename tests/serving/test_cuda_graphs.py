@@ -4,10 +4,12 @@ whose replay re-runs the captured ops on the captured tensors."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from qcompiler import cuda_graphs, zoo
+from qcompiler import cuda_graphs, formats, zoo
 from qcompiler.decode_program import build_decode_program
 from qcompiler.errors import QCompilerError
 from qcompiler.generation import generate
@@ -82,25 +84,41 @@ def test_replay_reads_the_static_buffers(int4_llama, monkeypatch):
     assert state.graph.replays == 3
 
 
-def test_a_quantized_kv_cache_runs_eager_steps(monkeypatch):
-    """Quantizing a step's keys checks them for NaN on the host (formats' _check_input): the
-    fake confirms that such a step cannot be captured, so its steps run uncaptured on the
-    static buffers, with a warning, and give the eager tokens."""
+@pytest.mark.parametrize("kv", ["int4", "razer4"])
+def test_a_quantized_kv_cache_is_captured(kv, monkeypatch):
+    """Quantizing a step's keys checks them for NaN on the host (formats' _check_input), except
+    while the stream is capturing: a KV4 step is captured (nothing in it synchronizes, which
+    the fake would raise on: nor the scale search's early exit or RaZeR's canonical pass,
+    which skip their host reads too), its replays give the eager tokens, and outside a capture
+    the check still rejects NaN."""
     fake = fake_cuda_graphs.install(monkeypatch)
-    program = lowered("qwen2-tiny", "nvfp4", "int4")
+    program = lowered("qwen2-tiny", "nvfp4", kv)
     decoder = build_decode_program(program)
+    assert any(not dtype.is_floating_point for _, _, dtype in decoder.cache_layout)
     ids, mask = prompts(2, vocab=int(program.meta["config"]["vocab_size"]))
-    state = cuda_graphs.graphs_for(decoder, 256).state(2, 12, ids.device)
-    with pytest.raises(AssertionError, match="synchronizes"):
-        state._capture()  # what a real capture would hit
     monkeypatch.setattr("qcompiler.generation._decoder", lambda model: decoder)
-    want = generate(program, ids, 4, attention_mask=mask, eos_token_id=[], cuda_graphs=False)
+    want = generate(program, ids, 6, attention_mask=mask, eos_token_id=[], cuda_graphs=False)
     fake.created.clear()
-    decoder.cuda_graphs.clear()
-    with pytest.warns(UserWarning, match="KV cache is quantized"):
-        got = generate(program, ids, 4, attention_mask=mask, eos_token_id=[], cuda_graphs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "decode steps run without CUDA graphs"
+        got = generate(program, ids, 6, attention_mask=mask, eos_token_id=[], cuda_graphs=True)
     assert torch.equal(got, want)
-    assert not fake.created and decoder.cuda_graphs.states[(2, 256)].graph is cuda_graphs.EAGER
+    state = decoder.cuda_graphs.states[(2, 256)]
+    assert len(fake.created) == 1 and state.graph is fake.created[0]
+    assert state.graph.replays == 5  # the prefill gives the first token
+    fmt, group = _kv_format(decoder)
+    bad = torch.ones(2, 4 * group)
+    bad[1, 3] = float("nan")
+    with pytest.raises(QCompilerError, match="NaN/Inf"):
+        formats.get(fmt).quantize(bad, group_size=group, search="rtn")
+
+
+def _kv_format(decoder) -> tuple[str, int]:
+    """(format, group size) of a decoder's quantized caches (its quantized_kv_update nodes)."""
+    for node in decoder.gm.graph.nodes:
+        if getattr(node.target, "__name__", "") == "quantized_kv_update":
+            return node.args[3], node.args[4]
+    raise AssertionError("no quantized KV cache")
 
 
 def test_a_failed_capture_falls_back_to_eager_steps(int4_llama, monkeypatch):
