@@ -235,11 +235,10 @@ def _layerwise(args: argparse.Namespace) -> int:
         row = layerwise_scaling.measure(size, args.format, args.samples, args.seqlen,
                                         args.layers or None, sequential)
         print(json.dumps(row), flush=True)
-        key = (row["size"], row["layers"], row["format"], row["sequential"])
-        # read now, not at the start: rows that runs in parallel wrote meanwhile stay
+        # read now, not at the start: rows that runs in parallel wrote meanwhile stay; earlier
+        # rows of the same settings stay too (dated: they show what each change did)
         rows = json.loads(LAYERWISE_ROWS.read_text()) if LAYERWISE_ROWS.exists() else []
-        rows = [r for r in rows
-                if (r["size"], r["layers"], r["format"], r["sequential"]) != key] + [row]
+        rows.append(row)
         LAYERWISE_ROWS.write_text(json.dumps(rows, indent=1) + "\n")
         RESULTS.write_text(render(json.loads(ROWS.read_text())))
     return 0

@@ -170,9 +170,13 @@ def render(rows: list[dict]) -> list[str]:
         "Budget (the issue's goal): 1 GiB + 3 x one decoder layer's fp32 weights + activations "
         "(2 x S x L x hidden x 4 bytes) + the packed output (the artifact's codes, scales and "
         "metadata). `layers` < full depth: the checkpoint keeps that many decoder layers of the "
-        "same widths (memory is flat in depth; compare rows of one size). Rows dated before "
-        "2026-12-03 were measured before GPTQ factored its Hessian in place (several K x K "
-        "float64 buffers, 512 MiB each at K = 8192, instead of one; docs/LAYERWISE.md, Memory).",
+        "same widths (memory is flat in depth; compare rows of one size). Each run adds a row; "
+        "the code changed between the dated rows (docs/LAYERWISE.md, Memory): before "
+        "2026-12-03 GPTQ held several K x K float64 buffers (512 MiB each at K = 8192); from "
+        "2026-12-03 09:00 UTC one, factored in place; from 2026-12-03 10:30 UTC none: GPTQ works "
+        "in float32 (as the reference GPTQ and llm-compressor do) and factors each Hessian in "
+        "its own storage once its last linear comes up, the Hessians go as they are used, and "
+        "the fp weights are overwritten by their fake-quantized values instead of copied.",
         "",
         "| size | layers | format | S x L | mode | peak RSS (MiB) | budget (MiB) | met | layer "
         "fp32 (MiB) | packed (MiB) | gptq (s) | wall (s) | CPU (s) | load | date |",

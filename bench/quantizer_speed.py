@@ -87,7 +87,9 @@ def measure(name: str, search: str | None, w: torch.Tensor, repeats: int) -> dic
     rel = float((w_hat - w).double().square().sum() / w.double().square().sum())
     return {"format": name, "search": search or fmt.default_search, "default": search is None,
             "group_size": q.group_size, "cpu_s": best, "mw_per_cpu_s": w.numel() / best / 1e6,
-            "rel_error": rel, "sha256": digest(q)}
+            "rel_error": rel, "sha256": digest(q),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load1": round(os.getloadavg()[0], 2)}
 
 
 def git_commit() -> str:
@@ -113,7 +115,12 @@ NOTES = [
     "(fastround.py), NF4 a bin lookup; the E4M3/E3M3 scale rounding likewise (fp8.py); the "
     "canonical pass re-encodes only the groups whose codes admit another exact encoding "
     "(fp4.py `ambiguous_groups`, canonical.py), and codes are packed per block. The search "
-    "itself (candidates, objective, order of every reduction) is unchanged.",
+    "itself (candidates, objective, order of every reduction) is unchanged. RaZeR's search "
+    "(razer_search.py, CPU, weight MSE) rounds each clip ratio's groups once at the plain FP4 "
+    "scale for every special-value range whose scale equals it there (for each group one of "
+    "the +8/-8 ranges does), so 2 roundings per ratio instead of 3, skips gain passes that are "
+    "exactly zero (+-8 where no |w| / scale passes 7) and snaps all ratios' scales in one call; "
+    "the FP4 kernel divides in place.",
     "",
     "Same bytes: besides the SHA-256 column above, tests/formats/test_golden.py compares ~1900 "
     "seeded cases (every format, distribution, search, group size, scale option, custom "
@@ -122,11 +129,17 @@ NOTES = [
     "to -0.0 or +0.0 depending on the group's position in a vectorized max (now always +0.0).",
     "",
     "Noise: on the shared 2-core machine (load average 7-10 from other jobs) the same code "
-    "measured up to about +-15 % apart between runs, so rows near their target (nvfp4, nf4) "
-    "can land on either side of it. nvfp4-razer stays short of 10 M/s: with the same bytes it "
-    "must evaluate the same candidates, 8 clip ratios (6 + 2 recover ratios) x 3 special-value "
-    "ranges + 4 local steps for every 16-element block, about 30 error evaluations of ~17 "
-    "tensor ops each over the whole weight; getting there needs a smaller search (other bytes).",
+    "measured up to about +-15 % apart between runs (on 2026-12-03, at load 5-7, best-of-5 "
+    "runs of one format differed by up to about 40 %), so rows near their target (nvfp4, nf4) "
+    "can land on either side of it. Each row in quantizer_speed.json carries the date and "
+    "1-minute load average of its own measurement (rows without them: the run in the header). "
+    "nvfp4-razer stays short of 10 M/s: with the same bytes it must still make 16 FP4 roundings "
+    "and about 20 gain passes (each with a per-group sum and a per-group einsum over 16 "
+    "elements) + 4 local steps per 16-element block, and the search is bound by the count of "
+    "eager tensor ops (several hundred per 2^18-weight block, with a few microseconds of "
+    "dispatch each) as much as by arithmetic; the canonical pass re-runs the search on the "
+    "ambiguous groups of every block. Getting there needs a fused kernel (a compiler toolchain) "
+    "or a smaller search (other bytes).",
 ]
 
 

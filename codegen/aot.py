@@ -229,4 +229,6 @@ def _short(cfg: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qcompiler.fast_exit import run_and_exit
+
+    run_and_exit(main)

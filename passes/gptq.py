@@ -65,19 +65,44 @@ class Gptq(Pass):
         # Hessians a budget-sized chunk at a time (calibration.py): memory stays bounded.
         # Over several processes each rank runs a share of the layers (cost ~ N·K²) and every
         # rank records every plan (qcompiler/distributed.py).
+        # Each Hessian is freed as soon as its last linear is planned, and that linear's GPTQ
+        # factors it in its own storage (memory: one K×K buffer for the largest input, not two).
         for stats in iter_linear_stats(program, batches, list(by_name), absmax=False,
                                        hessian=True, ctx=ctx):
-            for (name, st), qt in map_qtensors(
-                    list(stats.items()), lambda it: by_name[it[0]].n * by_name[it[0]].k ** 2,
-                    lambda it: self._quantize(program, fmt, by_name[it[0]], it[1].hessian),
+            hessians = _Hessians(stats)
+            del stats
+            for name, qt in map_qtensors(
+                    list(hessians.names), lambda name: by_name[name].n * by_name[name].k ** 2,
+                    lambda name: self._quantize(program, fmt, by_name[name], hessians),
                     ctx.progress, self.name):
                 record_plan(program, name, by_name[name].weight, qt, by=self.name)
         return PassResult(True, {"layers-planned": len(layers)})
 
-    def _quantize(self, program: Any, fmt: Any, layer: Any, hessian: torch.Tensor) -> Any:
+    def _quantize(self, program: Any, fmt: Any, layer: Any, hessians: _Hessians) -> Any:
         w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
+        hessian, last = hessians.take(layer.name)
         try:
             return gptq_quantize(fmt, w, hessian, layer.group, block_size=self.block_size,
-                                 damp=self.damp, act_order=self.act_order, search=self.search)
+                                 damp=self.damp, act_order=self.act_order, search=self.search,
+                                 overwrite_hessian=last)
         except (QCompilerError, ValueError) as e:
             raise PassError(self.name, f"{layer.name}: {e}") from None
+
+
+class _Hessians:
+    """The chunk's Hessians by linear, handed out so that each goes with its last reader:
+    `take(name)` returns (H, whether no other linear still needs it) and forgets it then (q/k/v
+    and gate/up share theirs). Over several processes a rank computes only some linears; a
+    Hessian whose other readers another rank plans is never the last here, only copied."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.names = list(stats)
+        self._by_name = {name: st.hessian for name, st in stats.items()}
+        self._readers: dict[int, int] = {}
+        for h in self._by_name.values():
+            self._readers[id(h)] = self._readers.get(id(h), 0) + 1
+
+    def take(self, name: str) -> tuple[torch.Tensor, bool]:
+        h = self._by_name.pop(name)
+        self._readers[id(h)] -= 1
+        return h, self._readers[id(h)] == 0

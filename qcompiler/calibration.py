@@ -438,9 +438,20 @@ def iter_linear_stats(program: Any, batches: Sequence[Batch],
                 _StatsInterpreter(program.gm, watch).run(*args)
         if group is not None:
             _reduce(watch, group)
-        yield {layer: LinearStats(watch[node].absmax, watch[node].hessian, watch[node].tokens,
-                                  watch[node].rows if max_samples else None)
-               for layer, node in inputs.items() if node in watch}
+        # the caller alone holds the statistics while this generator waits: it may free each
+        # once used (GPTQ factors a Hessian in its own storage, then drops it)
+        box, acc = [watch], None
+        del watch
+        yield _take_stats(box, inputs, max_samples)
+
+
+def _take_stats(box: list[dict[fx.Node, _Accumulator]], inputs: dict[str, fx.Node],
+                max_samples: int) -> dict[str, LinearStats]:
+    """The chunk's statistics by layer; the accumulators leave `box` (no reference is kept)."""
+    watch = box.pop()
+    return {layer: LinearStats(watch[node].absmax, watch[node].hessian, watch[node].tokens,
+                               watch[node].rows if max_samples else None)
+            for layer, node in inputs.items() if node in watch}
 
 
 def _local_batches(batches: Sequence[Batch], cfg: Any) -> tuple[Any, list[int], list[Batch]]:

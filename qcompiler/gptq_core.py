@@ -30,6 +30,10 @@ compressor's absmax/7.5 clips the positive extreme by half a step; that one is w
 theirs worse on RTN). On stories260k int4-sym g32 it cut GPTQ's KL by ~7% (bench/results/
 peers.md).
 
+Precision: float32 throughout (the weight being updated, H, its damped inverse's factor), as
+the reference GPTQ code (IST-DASLab) and llm-compressor do; float64 would double the K×K factor
+(512 MiB at K = 8192), which is most of what a layer-wise compile holds (docs/LAYERWISE.md).
+
 The Hessians are accumulated on the fp model (all layers from the same forward passes), not
 layer by layer on the partly quantized model as the paper's sequential variant does; that keeps
 calibration one pass over the data.
@@ -128,30 +132,37 @@ def assemble(fmt: Any, shape: tuple[int, int], group: int, codes: torch.Tensor,
 
 
 def damped_inverse_factor(h: torch.Tensor, damp: float, *,
-                          fresh: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹, in float64 for stability.
+                          overwrite: bool = False) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹, in float32 as the reference GPTQ
+    code (IST-DASLab) and llm-compressor compute it.
 
-    Memory: one K×K float64 buffer in LAPACK's column-major layout is damped, factored,
-    inverted and factored again in place, where H + λI, its factor, the inverse and its factor
-    were each a buffer (plus torch's copies into column-major): at K = 8192 (a Llama MLP's down
-    projection) one buffer is 512 MiB. Without `fresh`, `h` is left alone and a copy is the
-    buffer; with it, `h` must be such a buffer (`float64_hessian`) that the caller gives up,
-    and `fresh()` makes a new one, needed only if the damping has to grow. The values are
-    those of the out-of-place steps bit for bit (the same LAPACK calls on the same inputs;
-    -0.0 entries become +0.0 as H + λ·I made them); the result keeps LAPACK's layout."""
-    if fresh is None:
-        source = h
+    Memory: one K×K float32 buffer in LAPACK's column-major layout is damped, factored,
+    inverted and factored again in place (H + λI, its factor, the inverse and its factor were
+    each a buffer; at K = 8192, a Llama MLP's down projection, one is 256 MiB). H is symmetric,
+    so `h.t()` is a column-major view of the same bytes: with `overwrite=True` that view is the
+    buffer (the caller gives `h` up: no copy at all), otherwise a copy of those bytes is (`h`
+    is left alone). Either way LAPACK reads the same bytes, so the result does not depend on
+    `overwrite`. If H + λI is not numerically positive definite, λ grows tenfold (five times at
+    most) from H again: a copy of `h` without `overwrite`; with it, H is spilled to a temporary
+    file before the first try and read back only then (disk, not memory). The result keeps
+    LAPACK's layout; -0.0 entries of H count as +0.0, as H + λ·I makes them."""
+    if overwrite:
+        if h.dtype != torch.float32 or not h.is_contiguous():
+            raise ValueError("overwrite needs a contiguous float32 Hessian")
+        return _factor_in_place(h.t(), damp, _spill(h))
+    return _factor_in_place(column_major_hessian(h), damp,
+                            lambda: column_major_hessian(h))
 
-        def fresh() -> torch.Tensor:
-            return float64_hessian(source, torch.zeros(source.shape[0], dtype=torch.bool))
-        h = fresh()
-    k = h.shape[0]
-    mean = float(torch.diagonal(h).mean())
+
+def _factor_in_place(a: torch.Tensor, damp: float,
+                     fresh: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`damped_inverse_factor` on `a` (column-major H, given up); `fresh()` gives H again."""
+    mean = float(torch.diagonal(a).mean())
     info = torch.zeros((), dtype=torch.int32)
     for attempt in range(6):  # raise the damping until H is numerically positive definite
         lam = damp * (10 ** attempt) * max(mean, 1e-12)
-        a = h if attempt == 0 else fresh()
-        del h
+        if attempt:
+            a = fresh()
         a.add_(0.0)  # as H + λ·I: off the diagonal h + 0.0
         a.diagonal().add_(lam)
         torch.linalg.cholesky_ex(a, out=(a, info))
@@ -160,57 +171,82 @@ def damped_inverse_factor(h: torch.Tensor, damp: float, *,
             torch.linalg.cholesky_ex(a, upper=True, out=(a, info))
             if int(info) == 0:
                 return a
-        h = a  # overwritten: a later attempt starts from fresh()
     raise ValueError("the calibration Hessian is not positive definite even with 1e5x damping")
 
 
-def float64_hessian(h: torch.Tensor, dead: torch.Tensor,
-                    perm: torch.Tensor | None = None) -> torch.Tensor:
-    """H in float64 and column-major (the layout LAPACK works in, so `damped_inverse_factor`
-    needs no other buffer) with unit diagonal where a column never fired, in `perm` order
-    (filled a block of rows at a time: H[perm][:, perm] would hold two more K×K buffers)."""
+def _spill(h: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A `fresh` for a Hessian factored in its own storage: its bytes go to a temporary file
+    now, and come back into that same storage (as the column-major view) if asked."""
+    import tempfile
+
+    saved = tempfile.TemporaryFile()
+    raw = memoryview(h.detach().numpy()).cast("B")
+    saved.write(raw)
+
+    def fresh() -> torch.Tensor:
+        saved.seek(0)
+        saved.readinto(raw)
+        return h.t()
+    return fresh
+
+
+def column_major_hessian(h: torch.Tensor, dead: torch.Tensor | None = None,
+                         perm: torch.Tensor | None = None) -> torch.Tensor:
+    """H in float32 and column-major (the layout LAPACK works in, so `damped_inverse_factor`
+    needs no other buffer), holding the bytes of `h` (its transpose: the same matrix, H is
+    symmetric; so the factor does not depend on whether the caller's `h` was copied), with unit
+    diagonal where a column never fired (`dead`), in `perm` order (filled a block of rows at a
+    time: H[perm][:, perm] would hold two more K×K buffers)."""
     k = h.shape[0]
-    out = torch.empty_strided((k, k), (1, k), dtype=torch.float64)
+    out = torch.empty_strided((k, k), (1, k), dtype=torch.float32)
+    src = h.detach().t()
     if perm is None:
-        out.copy_(h.detach())
+        out.copy_(src)
     else:
         for r0 in range(0, k, 1024):
-            out[r0:r0 + 1024] = h.detach()[perm[r0:r0 + 1024]][:, perm]
-    unit = dead if perm is None else dead[perm]
-    out[unit, unit] = 1.0
+            out[r0:r0 + 1024] = src[perm[r0:r0 + 1024]][:, perm]
+    if dead is not None:
+        unit = dead if perm is None else dead[perm]
+        out[unit, unit] = 1.0
     return out
 
 
 def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
                   block_size: int = 128, damp: float = 0.01, act_order: bool = False,
-                  search: str | None = None) -> QTensor:
-    """GPTQ of w [N, K] with Hessian h [K, K] (Σ xᵀx) into `fmt`, groups of `group` along K."""
+                  search: str | None = None, overwrite_hessian: bool = False) -> QTensor:
+    """GPTQ of w [N, K] with Hessian h [K, K] (Σ xᵀx) into `fmt`, groups of `group` along K.
+
+    Float32 throughout, as the reference GPTQ code: one float32 copy of w is updated in place.
+    `overwrite_hessian=True`: the caller gives `h` up (its last user): without act-order the
+    factor is computed in h's own storage (`damped_inverse_factor`); the codes are the same
+    either way."""
     n, k = w.shape
-    w = w.detach().to(torch.float64, copy=True)
+    w = w.detach().to(torch.float32, copy=True)
     dead = torch.diagonal(h) == 0
-    hd = float64_hessian(h, dead)  # the caller's h stays as it is
     w[:, dead] = 0.0
-    original = w.to(torch.float32)
     if search == HALF_STEP:
         half_step_factors(fmt)  # fails early for a format without a grid
-    probe = fmt.quantize(original[:1, :group], group_size=group, search="rtn")
-    pin = float(original.abs().max()) if probe.global_scale is not None else None
+    probe = fmt.quantize(w[:1, :group], group_size=group, search="rtn")
+    pin = float(w.abs().max()) if probe.global_scale is not None else None
     ngroups = k // group
     params: list[QTensor | None] = [None] * ngroups
     tables: list[torch.Tensor | None] = [None] * ngroups
     perm = torch.arange(k)
     if act_order:
-        perm = torch.argsort(torch.diagonal(hd), descending=True)
+        perm = torch.argsort(torch.diagonal(h).masked_fill(dead, 1.0), descending=True)
         for g in range(ngroups):  # static groups: parameters from the original weight
-            params[g] = group_params(fmt, original[:, g * group:(g + 1) * group], group, search,
-                                     pin)
-            tables[g] = value_table(fmt, params[g]).to(torch.float64)
-        del hd
-        w, hd = w[:, perm], float64_hessian(h, dead, perm)
-    # hd is given up to the factor (overwritten in place); rebuilt only if damping must grow
-    u = damped_inverse_factor(hd, damp, fresh=lambda: float64_hessian(
-        h, dead, perm if act_order else None))
-    del hd
+            params[g] = group_params(fmt, w[:, g * group:(g + 1) * group], group, search, pin)
+            tables[g] = value_table(fmt, params[g])
+        w = w[:, perm]
+        # H[perm][:, perm] is a new buffer whatever `overwrite_hessian` says
+        u = _factor_in_place(column_major_hessian(h, dead, perm), damp,
+                             lambda: column_major_hessian(h, dead, perm))
+    elif overwrite_hessian:
+        h.diagonal()[dead] = 1.0
+        u = damped_inverse_factor(h, damp, overwrite=True)
+    else:
+        u = _factor_in_place(column_major_hessian(h, dead), damp,
+                             lambda: column_major_hessian(h, dead))
     codes = torch.zeros(n, k, dtype=torch.uint8 if fmt.bits <= 8 else torch.long)
     for b0 in range(0, k, block_size):
         b1 = min(b0 + block_size, k)
@@ -221,9 +257,9 @@ def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
             col = int(perm[b0 + i])
             g = col // group
             if tables[g] is None:  # the group starts: its current columns choose the parameters
-                current = torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :group].to(torch.float32)
+                current = torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :group]
                 params[g] = group_params(fmt, current, group, search, pin)
-                tables[g] = value_table(fmt, params[g]).to(torch.float64)
+                tables[g] = value_table(fmt, params[g])
             q, c = round_to_table(w1[:, i], tables[g])
             codes[:, col] = c
             e = (w1[:, i] - q) / u1[i, i]

@@ -27,6 +27,11 @@ from typing import Any
 import torch
 
 KEY = "weight_plans"
+# program.meta flag (the layer-wise runner sets it on a one-layer program for its last planning
+# pass): record_plan overwrites the fp weight with its fake-quantized value in place and keeps
+# the relative error in the record ("rel_error") instead of the fp weight ("original" is then
+# the plan's own weight)
+IN_PLACE = "plans_in_place"
 
 
 class WeightPlans(dict):
@@ -49,12 +54,31 @@ def record_plan(program: Any, layer: str, weight_name: str, qt: Any, *, by: str)
     previous = plans(program).get(layer)
     original = previous["original"] if previous and previous["weight"] is old else old
     fake = formats.get(qt.format).dequantize(qt).to(old.dtype)
-    program.set_tensor(weight_name, fake)
+    extra: dict[str, Any] = {}
+    if program.meta.get(IN_PLACE) and 0 not in old.stride():
+        # the layer-wise runner's last planning pass: the fp weight becomes its fake-quantized
+        # value in its own storage (no second copy of the layer); its error is measured first
+        extra["rel_error"] = relative_error(original, fake)
+        if original is old:
+            original = None  # the fp values are gone; nothing may requantize from them
+        old.copy_(fake)
+        del fake
+    else:
+        program.set_tensor(weight_name, fake)
     stored = program.get_tensor(weight_name)
     record = {"format": qt.format, "group_size": qt.group_size, "by": by, "qtensor": qt,
-              "weight": stored, "original": original}
+              "weight": stored, "original": original if original is not None else stored,
+              **extra}
     program.meta[KEY] = WeightPlans({**plans(program), layer: record})
     return stored
+
+
+def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Σ(ŵ−w)²/Σw², as lower-datatype reports it (6 significant digits)."""
+    w = w.detach().to(torch.float32)
+    norm = float((w * w).sum())
+    err = float(((w_hat - w) ** 2).sum())
+    return float(f"{err / norm:.6g}") if norm > 0 else 0.0
 
 
 def valid_plan(program: Any, layer: str, weight_name: str) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
 # emit_all: one file per unique (format, N, K, group), and index.json mapping layers to files.
-# RUN: rm -rf %t && %PYTHON %s %t | FileCheck %s
+# Run by emit.test (the four emit-*.py scripts share one process); by hand:
+# python emit-all.py OUTDIR | filecheck emit-all.py
 import json
 import sys
 from pathlib import Path

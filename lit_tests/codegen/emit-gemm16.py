@@ -7,7 +7,8 @@
 # dot's fp16 operand; QC_GEMM=fp32 keeps the old kernel selectable; nf4 decodes 4 codes per
 # prmt of an 8-entry byte table (fp16 high / low bytes of codes 0-7, 8-15) merged by the code's
 # bit 3, with the table words a prmt cannot take as an immediate passed in as operands.
-# RUN: %PYTHON %s | FileCheck %s
+# Run by emit.test (the four emit-*.py scripts share one process); by hand:
+# python emit-gemm16.py | filecheck emit-gemm16.py
 from qcompiler.codegen.emit import emit_kernel
 
 

@@ -7,7 +7,8 @@
 # once per asm instance; the two a prmt cannot take as an immediate (t0, spec) come in as
 # operands the kernel builds once before its loop, opaque to ptxas (OPAQUE_ASM). The kernel
 # loads weights as words, metadata once per group.
-# RUN: %PYTHON %s | FileCheck %s
+# Run by emit.test (the four emit-*.py scripts share one process); by hand:
+# python emit-gemv16.py | filecheck emit-gemv16.py
 from qcompiler.codegen.emit import emit_kernel
 
 

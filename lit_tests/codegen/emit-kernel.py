@@ -1,7 +1,8 @@
 # Emitted kernel source: specialized names, a header naming format / shape / group / layers,
 # the family's dequant helper inlined, and the dequant call between the packed-weight load and
 # the accumulation (GEMV: FMA into the register tile; GEMM: tl.dot).
-# RUN: %PYTHON %s | FileCheck %s
+# Run by emit.test (the four emit-*.py scripts share one process); by hand:
+# python emit-kernel.py | filecheck emit-kernel.py
 from qcompiler.codegen.emit import emit_kernel
 
 

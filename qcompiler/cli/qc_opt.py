@@ -16,6 +16,7 @@ import sys
 
 from qcompiler.cli import common
 from qcompiler.errors import UsageError
+from qcompiler.fast_exit import run_and_exit
 
 
 def build_parser() -> common.ArgumentParser:
@@ -35,6 +36,11 @@ def build_parser() -> common.ArgumentParser:
     common.add_pass_manager_args(p)
     common.add_calibration_args(p)
     return p
+
+
+def console_main() -> None:
+    """The console script: `main`, then an exit without the interpreter's slow teardown."""
+    run_and_exit(main)
 
 
 def main(argv: list[str] | None = None) -> int:

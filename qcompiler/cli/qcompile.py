@@ -19,6 +19,7 @@ import sys
 
 from qcompiler.cli import common
 from qcompiler.errors import QCompilerError, UsageError
+from qcompiler.fast_exit import run_and_exit
 
 SUBCOMMANDS = {
     "eval": "qcompiler.cli.eval_cmd",
@@ -73,6 +74,11 @@ def build_parser() -> common.ArgumentParser:
                         " gloo on CPU, nccl with a GPU each); for several machines run "
                         "`torchrun ... -m qcompiler.cli.qcompile` instead")
     return p
+
+
+def console_main() -> None:
+    """The console script: `main`, then an exit without the interpreter's slow teardown."""
+    run_and_exit(main)
 
 
 def main(argv: list[str] | None = None) -> int:

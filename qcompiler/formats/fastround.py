@@ -46,7 +46,7 @@ def e2m1(a: torch.Tensor, want_codes: bool) -> tuple[torch.Tensor, torch.Tensor 
     a6 = a.clamp(max=6.0)
     step_bits = (a6.view(torch.int32) & _EXP_MASK).sub_(_ONE_EXP).clamp_(min=_HALF_BITS)
     step = step_bits.view(torch.float32)
-    q = torch.div(a6, step).round_()
+    q = a6.div_(step).round_()  # a6 is this function's own copy: divide in place
     codes = None
     if want_codes:
         # q is 0..2 for step .5 below 1, 2..4 above; each doubling of the step adds 2 codes

@@ -57,7 +57,8 @@ class NVFP4RazerFormat(Format):
         g = global_scale(absmax, E3M3.max_value)
         snap = two_level_snap(E3M3, g)
         s, meta = search_special(wg, self.specials, self.bits, search, measure, snap,
-                                 extra=RECOVER_RATIOS, unclipped=top_blocks(wg, absmax))
+                                 extra=RECOVER_RATIOS, unclipped=top_blocks(wg, absmax),
+                                 elementwise_snap=True)
         special = torch.tensor(self.specials, dtype=torch.float32, device=wg.device)[meta]
         codes = razer_codes(wg / safe(s), special.unsqueeze(-1))
         meta = canonical_meta(codes, meta)

@@ -34,13 +34,13 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from qcompiler.errors import QCompilerError
-from qcompiler.formats import fastround
+from qcompiler.formats import fastround, razer_search
 from qcompiler.formats.base import Encoded, Format, QTensor
 from qcompiler.formats.fp4 import (FP4_GRID, FP4_VALUES, NEG_ZERO_CODE, ambiguous_groups,
                                    codes_used)
 from qcompiler.formats.grid_format import SCALE_MODES, fit_scale, group_extremes, scale_snapper
 from qcompiler.formats.scale_search import (ErrorMeasure, RunningBest, clip_ratios, refine_steps,
-                                            safe, with_extra)
+                                            safe, stream_capturing, with_extra)
 
 RAZER_SPECIALS = (5.0, -5.0, 8.0, -8.0)
 FP4_MAX = 6.0
@@ -70,7 +70,7 @@ def razer_codes(y: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
 def search_special(wg: torch.Tensor, specials: tuple[float, ...], bits: int, search: str,
                    measure: ErrorMeasure, snap: Callable[[torch.Tensor], torch.Tensor],
                    extra: tuple[float, ...] = (), unclipped: torch.Tensor | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   elementwise_snap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group: (scale [N, G, 1] as `snap` stores it, special index [N, G] int64) of least error.
 
     Coarse clip ratios (then `extra` ratios, also under "rtn") x every special value jointly;
@@ -79,7 +79,23 @@ def search_special(wg: torch.Tensor, specials: tuple[float, ...], bits: int, sea
     only get candidates that neither clip nor reach past the FP4 range on their absmax's side
     (ratio >= 1, and a special range whose scale is the plain absmax / 6): NVFP4-RaZeR's blocks
     that set the global scale (nvfp4.py explains why).
+
+    On the CPU under weight MSE razer_search.py returns the same result with less work (it
+    reads counts on the host, which a CUDA graph capture cannot: a capturing stream, on any
+    device, takes this loop); this loop serves the rest.
+    `elementwise_snap`: `snap` acts elementwise, so all ratios' scales can be snapped at once.
     """
+    if not measure.uses_activations and wg.device.type == "cpu" and not stream_capturing():
+        return razer_search.search(wg, specials, special_ranges(specials), bits, search, snap,
+                                   extra, unclipped, elementwise_snap)
+    return dense_search(wg, specials, bits, search, measure, snap, extra, unclipped)
+
+
+def dense_search(wg: torch.Tensor, specials: tuple[float, ...], bits: int, search: str,
+                 measure: ErrorMeasure, snap: Callable[[torch.Tensor], torch.Tensor],
+                 extra: tuple[float, ...] = (), unclipped: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`search_special` evaluating every candidate on every group (any device, any objective)."""
     n, g, _ = wg.shape
     ranges = special_ranges(specials)
     ext = group_extremes(wg)
@@ -186,12 +202,7 @@ class _SpecialError:
 
         return fast
 
-    @staticmethod
-    def _gain(a: torch.Tensor, dq2: torch.Tensor, v: float | torch.Tensor) -> torch.Tensor:
-        """Per element, how much the squared error drops if |v| replaces the FP4 value (>= 0;
-        0 on ties: the FP4 value is kept)."""
-        e = (a - v).square_()
-        return torch.sub(dq2, e, out=e).clamp_(min=0)
+    _gain = staticmethod(razer_search.gain)
 
 
 @dataclass(frozen=True)
@@ -225,7 +236,8 @@ class RazerFormat(Format):
         specials = self._specials(opts)
         mode = opts.get("scale", "fp16")
         snap = scale_snapper(mode, fit_scale(wg, FP4_MAX, -FP4_MAX))
-        s, meta = search_special(wg, specials, self.bits, search, measure, snap)
+        s, meta = search_special(wg, specials, self.bits, search, measure, snap,
+                                 elementwise_snap=mode != "pow2-row")
         special = torch.tensor(specials, dtype=torch.float32, device=wg.device)[meta].unsqueeze(-1)
         codes = razer_codes(wg / safe(s), special)
         meta = canonical_meta(codes, meta)

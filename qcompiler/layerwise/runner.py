@@ -22,6 +22,7 @@ rotary tables) and the packed codes so far; flat in depth. docs/LAYERWISE.md has
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ from qcompiler.layerwise.lazy_weight import detach_transforms, wrap_lazy_tensors
 from qcompiler.layerwise.segments import Segment, last_uses, segment_program, split_segments
 from qcompiler.passes_base import PassContext
 from qcompiler.program import Program
-from qcompiler.weight_plan import KEY, WeightPlans, plans
+from qcompiler.weight_plan import IN_PLACE, KEY, WeightPlans, plans, relative_error
 
 LAYERWISE_PASSES = ("gptq", "clip", "pot-refine")
 WHOLE_MODEL_PASSES = ("awq", "smooth", "lorc", "aqas")  # change neighbours or the graph
@@ -149,6 +150,8 @@ def plan_by_layer(program: Program, calibrated: list[Any], batches: list[Any],
             samples=max(1, len(inputs)), batches=inputs, seed=seed, shard=shard))
         for p in calibrated:
             t0 = time.perf_counter()
+            if p is calibrated[-1]:  # its plans are final: fake values in the fp weights' place
+                sub.meta[IN_PLACE] = True
             result = p.apply(sub, sub_ctx)
             seconds[str(p)] += time.perf_counter() - t0
             for key, value in result.stats.items():
@@ -163,7 +166,8 @@ def plan_by_layer(program: Program, calibrated: list[Any], batches: list[Any],
                 program.set_tensor(name, _standin(program.get_tensor(name)))
         _drop_dead(env, last, seg.index)
         del sub, inputs, outs
-        trim_heap()
+        gc.collect()  # the one-layer GraphModule is in reference cycles: without this its fp
+        trim_heap()  # weights (fake values) stayed alive into the next layer's peak
     for p in calibrated:
         ctx.report.setdefault("passes", []).append(
             {"pass": str(p), "seconds": round(seconds[str(p)], 6), "modified": True,
@@ -280,7 +284,8 @@ def _keep_plans(program: Program, sub: Program) -> dict[str, float]:
     errors: dict[str, float] = {}
     for layer, record in plans(sub).items():
         qt = record["qtensor"]
-        errors[layer] = _rel_error(record["original"], formats.get(qt.format).dequantize(qt))
+        errors[layer] = record["rel_error"] if "rel_error" in record else relative_error(
+            record["original"], formats.get(qt.format).dequantize(qt))
         name = weights[layer]
         program.set_tensor(name, _standin(record["original"]))
         stored = program.get_tensor(name)
@@ -292,14 +297,6 @@ def _keep_plans(program: Program, sub: Program) -> dict[str, float]:
 
 def _planned_weights(program: Program) -> set[str]:
     return {f"{layer}.weight" for layer in plans(program)}
-
-
-def _rel_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """Σ(ŵ−w)²/Σw², as lower-datatype reports it (6 significant digits)."""
-    w = w.detach().to(torch.float32)
-    norm = float((w * w).sum())
-    err = float(((w_hat - w) ** 2).sum())
-    return float(f"{err / norm:.6g}") if norm > 0 else 0.0
 
 
 def _standin(t: torch.Tensor) -> torch.Tensor:

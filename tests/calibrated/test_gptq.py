@@ -55,8 +55,9 @@ def test_gptq_handles_dead_inputs():
     fmt = formats.get("int4")
     w, x = correlated(n=8, k=32, t=64)
     x[:, 5] = 0  # a channel that never fires: H[5, 5] = 0
-    q = gptq_quantize(fmt, w, x.T @ x, 16)
-    assert torch.isfinite(fmt.dequantize(q)).all()
+    for overwrite in (False, True):
+        q = gptq_quantize(fmt, w, x.T @ x, 16, overwrite_hessian=overwrite)
+        assert torch.isfinite(fmt.dequantize(q)).all()
 
 
 def gptq_then_lower(program, fmt: str, lower_fmt: str | None = None, ctx=None):
@@ -127,38 +128,67 @@ def test_gptq_option_errors():
 
 
 def _textbook_factor(h, damp):
-    """(H + λI)⁻¹'s upper Cholesky factor, each step a new tensor (what the in-place one must
-    reproduce bit for bit), raising λ tenfold until H + λI is positive definite."""
-    h = h.to(torch.float64)
-    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    """(H + λI)⁻¹'s upper Cholesky factor in float32 (as the reference GPTQ code computes it),
+    each step a new tensor (what the in-place one must reproduce bit for bit), raising λ
+    tenfold until H + λI is positive definite; returns (factor, retries)."""
+    eye = torch.eye(h.shape[0])
     mean = float(torch.diagonal(h).mean())
     for attempt in range(6):
         chol, info = torch.linalg.cholesky_ex(h + damp * 10 ** attempt * max(mean, 1e-12) * eye)
         if int(info) == 0:
             upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
             if int(info) == 0:
-                return upper
+                return upper, attempt
     raise AssertionError("not positive definite")
 
 
-@pytest.mark.parametrize("damp", [0.01, 1e-17])  # 1e-17: the damping has to grow (retries)
-def test_in_place_factor_is_the_textbook_one(damp):
-    from qcompiler.gptq_core import damped_inverse_factor, float64_hessian
-
+def _rank_deficient_hessian():
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(8, 96, generator=g, dtype=torch.float64)
+    x = torch.randn(8, 96, generator=g)
     h = x.T @ x  # rank 8 of 96: needs damping
+    return (h + h.T) / 2  # exactly symmetric, so every triangle LAPACK may read is the same
+
+
+# 1e-8: float32 needs two tenfold raises of the damping (the retries, from H read back)
+@pytest.mark.parametrize("damp,retries", [(0.01, 0), (1e-8, 2)])
+def test_in_place_factor_is_the_textbook_one(damp, retries):
+    from qcompiler.gptq_core import column_major_hessian, damped_inverse_factor
+
+    h = _rank_deficient_hessian()
     before = h.clone()
-    expected = _textbook_factor(h, damp)
+    expected, attempts = _textbook_factor(h, damp)
+    assert attempts == retries
     assert torch.equal(damped_inverse_factor(h, damp), expected)
-    assert torch.equal(h, before)  # without `fresh` the caller's H is left alone
-    dead = torch.zeros(96, dtype=torch.bool)
-    work = float64_hessian(h, dead)
-    assert work.stride() == (1, 96)  # LAPACK's layout: factored with no other K×K buffer
-    got = damped_inverse_factor(work, damp, fresh=lambda: float64_hessian(h, dead))
+    assert torch.equal(h, before)  # without overwrite the caller's H is left alone
+    assert column_major_hessian(h).stride() == (1, 96)  # LAPACK's layout
+    given_up = h.clone()
+    got = damped_inverse_factor(given_up, damp, overwrite=True)
     assert torch.equal(got, expected)
-    if damp == 0.01:  # no retry: the result is the caller's buffer, factored in place
-        assert got.data_ptr() == work.data_ptr()
+    assert got.data_ptr() == given_up.data_ptr()  # factored in the caller's own storage
+
+
+def test_factor_fails_cleanly_when_damping_cannot_help():
+    from qcompiler.gptq_core import damped_inverse_factor
+
+    h = -torch.eye(16)  # negative definite: no damping within 1e5x makes it PD
+    with pytest.raises(ValueError, match="not positive definite"):
+        damped_inverse_factor(h, 0.01, overwrite=True)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_overwriting_the_hessian_gives_the_same_codes(act_order):
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(16, 64, generator=g), torch.randn(24, 64, generator=g)
+    x[:, 7] = 0  # a dead input: unit diagonal, in the caller's buffer when it is given up
+    h = x.T @ x
+    h = (h + h.T) / 2
+    fmt = formats.get("int4")
+    kept = gptq_quantize(fmt, w, h, 32, act_order=act_order)
+    given_up = h.clone()
+    overwritten = gptq_quantize(fmt, w, given_up, 32, act_order=act_order,
+                                overwrite_hessian=True)
+    for key, value in kept.tensors().items():
+        assert torch.equal(value, overwritten.tensors()[key]), key
 
 
 def test_gptq_leaves_the_hessian_alone():
