@@ -440,7 +440,8 @@ def iter_linear_stats(program: Any, batches: Sequence[Batch],
             _reduce(watch, group)
         # the caller alone holds the statistics while this generator waits: it may free each
         # once used (GPTQ factors a Hessian in its own storage, then drops it)
-        box, acc = [watch], None
+        acc = None  # the loop variable would keep the last accumulator (its Hessian) alive
+        box = [watch]  # _take_stats empties it: the frame keeps no reference while suspended
         del watch
         yield _take_stats(box, inputs, max_samples)
 

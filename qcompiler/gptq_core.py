@@ -238,15 +238,13 @@ def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
             params[g] = group_params(fmt, w[:, g * group:(g + 1) * group], group, search, pin)
             tables[g] = value_table(fmt, params[g])
         w = w[:, perm]
-        # H[perm][:, perm] is a new buffer whatever `overwrite_hessian` says
-        u = _factor_in_place(column_major_hessian(h, dead, perm), damp,
-                             lambda: column_major_hessian(h, dead, perm))
-    elif overwrite_hessian:
+    if overwrite_hessian and not act_order:
         h.diagonal()[dead] = 1.0
         u = damped_inverse_factor(h, damp, overwrite=True)
-    else:
-        u = _factor_in_place(column_major_hessian(h, dead), damp,
-                             lambda: column_major_hessian(h, dead))
+    else:  # H[perm][:, perm] (act-order) is a new buffer whatever `overwrite_hessian` says
+        order = perm if act_order else None
+        u = _factor_in_place(column_major_hessian(h, dead, order), damp,
+                             lambda: column_major_hessian(h, dead, order))
     codes = torch.zeros(n, k, dtype=torch.uint8 if fmt.bits <= 8 else torch.long)
     for b0 in range(0, k, block_size):
         b1 = min(b0 + block_size, k)
