@@ -2,6 +2,7 @@
 
     python bench/accuracy_smollm2.py                 # the full matrix at the spec's sizes
     python bench/accuracy_smollm2.py --render        # rewrite the .md from the saved rows
+    python bench/accuracy_smollm2.py --jobs 2 ...    # two worker processes (2 idle cores)
 
 SmolLM2-135M's linear weights come from llama.cpp Q4_1 (blocks of 32): every number is of that
 model, as the results file says beside the numbers.
@@ -156,46 +157,114 @@ def run(args, load, tokenizer, text: str, state: dict, save) -> None:
     rows.setdefault("fp", fp_row(cut.windows, ref))
     save()
     only = set(args.only.split(",")) if args.only else None
-    from qcompiler import stats_memo
-
-    # consecutive rows of one method and seed share its statistics of the fp model
-    with stats_memo.reuse(max_entries=2) as counts:
-        run_tasks(args, load, tokenizer, text, rows, cut, ref, only, counts, save)
-
-
-def run_tasks(args, load, tokenizer, text: str, rows: dict, cut, ref, only, counts,
-              save) -> None:
-    calibrations: dict[int, list] = {}
+    todo = []
     for row, seed in plan.tasks(args.seeds, only):
-        if args.stop_at and datetime.now(timezone.utc).strftime("%H:%M") >= args.stop_at:
-            print(f"stop: it is past {args.stop_at} UTC", file=sys.stderr)
-            break
         entry = rows.setdefault(row.key, new_row(row))
-        if "error" in entry or any(r["seed"] == (seed if row.calibrated else None)
-                                   for r in entry["runs"]):
-            continue
-        calibration = None
-        if row.calibrated:
-            if seed not in calibrations:
-                calibrations[seed] = calibration_batches(
-                    text, tokenizer, args.calib_samples, args.calib_seqlen, seed)
-            calibration = calibrations[seed]
-        hits = counts["hits"]
-        try:
-            metrics = run_task(load, row, calibration, cut.windows, ref)
-            metrics["stats_reused"] = counts["hits"] > hits
-        except Exception as e:  # a pass that cannot do this model: the row says why, run on
-            entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
-            traceback.print_exc()
-            save()
-            continue
-        entry["runs"].append({"seed": seed if row.calibrated else None, **metrics})
-        print(f"{row.key:32} seed {seed}: ppl {metrics['perplexity']:.3f} KL "
-              f"{metrics['kl_mean']:.4f} ({metrics['seconds']:.0f}s, compile "
-              f"{metrics['compile_seconds']:.0f}s, statistics "
-              f"{'reused' if metrics['stats_reused'] else 'collected'})", file=sys.stderr,
-              flush=True)
+        if "error" not in entry and not any(r["seed"] == (seed if row.calibrated else None)
+                                            for r in entry["runs"]):
+            todo.append((row, seed))
+    work = _Work(args, load, tokenizer, text, cut.windows, ref)
+    for row, seed, result in run_units(work, units(todo), args.jobs):
+        entry = rows[row.key]
+        if "error" in result:  # a pass that cannot do this model: the row says why, run on
+            entry["error"] = result["error"]
+        else:
+            entry["runs"].append({"seed": seed if row.calibrated else None, **result})
         save()
+
+
+def units(todo: list[tuple[plan.Row, int]]) -> list[list[tuple[plan.Row, int]]]:
+    """Consecutive calibrated tasks of one method and seed form a unit, which one process runs
+    in order so that its rows share the method's statistics (qcompiler/stats_memo.py); every
+    other task is a unit of its own."""
+    out: list[list[tuple[plan.Row, int]]] = []
+    for row, seed in todo:
+        prev = out[-1][-1] if out else None
+        if (prev is not None and row.calibrated and prev[0].calibrated
+                and (prev[0].method, prev[1]) == (row.method, seed)):
+            out[-1].append((row, seed))
+        else:
+            out.append([(row, seed)])
+    return out
+
+
+class _Work:
+    """What every task needs: the model loader, tokenizer, text, evaluation windows and the fp
+    model's log-probabilities. With --jobs the worker processes inherit it by fork."""
+
+    def __init__(self, args, load, tokenizer, text, windows, ref) -> None:
+        self.args, self.load, self.tokenizer, self.text = args, load, tokenizer, text
+        self.windows, self.ref = windows, ref
+        self.calibrations: dict[int, list] = {}
+
+    def calibration(self, seed: int) -> list:
+        if seed not in self.calibrations:
+            a = self.args
+            self.calibrations[seed] = calibration_batches(self.text, self.tokenizer,
+                                                          a.calib_samples, a.calib_seqlen, seed)
+        return self.calibrations[seed]
+
+    def past_stop(self) -> bool:
+        stop = self.args.stop_at
+        if stop and datetime.now(timezone.utc).strftime("%H:%M") >= stop:
+            print(f"stop: it is past {stop} UTC", file=sys.stderr, flush=True)
+            return True
+        return False
+
+    def run_unit(self, unit: list[tuple[plan.Row, int]]) -> list[tuple[plan.Row, int, dict]]:
+        """The unit's tasks in order, sharing statistics; stops at --stop-at."""
+        from qcompiler import stats_memo
+
+        out = []
+        with stats_memo.reuse(max_entries=2) as counts:
+            for row, seed in unit:
+                if self.past_stop():
+                    break
+                hits = counts["hits"]
+                calibration = self.calibration(seed) if row.calibrated else None
+                try:
+                    metrics = run_task(self.load, row, calibration, self.windows, self.ref)
+                    metrics["stats_reused"] = counts["hits"] > hits
+                except Exception as e:
+                    traceback.print_exc()
+                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                    out.append((row, seed, {"error": f"{type(e).__name__}: {first}"}))
+                    continue
+                print(f"{row.key:32} seed {seed}: ppl {metrics['perplexity']:.3f} KL "
+                      f"{metrics['kl_mean']:.4f} ({metrics['seconds']:.0f}s, compile "
+                      f"{metrics['compile_seconds']:.0f}s, statistics "
+                      f"{'reused' if metrics['stats_reused'] else 'collected'})",
+                      file=sys.stderr, flush=True)
+                out.append((row, seed, metrics))
+        return out
+
+
+_WORK: _Work | None = None  # the forked workers' copy (multiprocessing pickles no closures)
+
+
+def _run_unit_in_worker(unit):
+    torch.set_num_threads(1)
+    assert _WORK is not None
+    return _WORK.run_unit(unit)
+
+
+def run_units(work: _Work, todo: list, jobs: int):
+    """Yield (row, seed, metrics or {"error"}) as tasks finish: in this process for one job,
+    else in `jobs` forked processes of one torch thread each, a unit at a time, first unit
+    first (the parent writes every result, so the files have one writer)."""
+    if jobs <= 1:
+        for unit in todo:
+            if work.past_stop():
+                return
+            yield from work.run_unit(unit)
+        return
+    import multiprocessing
+
+    global _WORK
+    _WORK = work
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        for done in pool.imap_unordered(_run_unit_in_worker, todo):
+            yield from done
 
 
 def main(argv: list[str] | None = None, load=None, tokenizer=None) -> int:
@@ -214,10 +283,19 @@ def main(argv: list[str] | None = None, load=None, tokenizer=None) -> int:
                    help="torch intra-op threads (default: torch's, one per core); 1 on a shared "
                         "machine: GPTQ's and the scale searches' small ops then run up to 10x "
                         "faster than with threads that wait for a busy core")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes (forked, one torch thread each); units of rows that "
+                        "share statistics stay in one process. 2 on an idle 2-core machine")
     p.add_argument("--note", help="why this run is below the spec's sizes (kept in the file)")
     p.add_argument("--out", default=str(OUT), help="results .md (rows go to the .json beside)")
     p.add_argument("--render", action="store_true", help="only rewrite OUT from OUT.json")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    if args.jobs > 1:
+        if args.threads not in (None, 1):
+            p.error("--jobs runs one torch thread per process; leave out --threads")
+        args.threads = 1  # set before any torch work: forking a process with an OpenMP pool
     if args.threads is not None:
         if args.threads < 1:
             p.error("--threads must be at least 1")

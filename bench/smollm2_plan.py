@@ -111,15 +111,19 @@ def rows() -> list[Row]:
     add(Row("razer4", "kv4", kv="razer4", tier=1))
     # tier 2: calibrated rows the claims need, grouped by method so that consecutive rows
     # share the method's calibration statistics (qcompiler/stats_memo.py: one collection per
-    # method and seed instead of one per row)
-    for m in ("gptq", "clip", "awq"):
-        for f in ("razer4", "fp4", "int4", "nvfp4", "nvfp4-razer", "int4-sym"):
-            add(Row(f, m, tier=2))
+    # method and seed instead of one per row). Every claim gets its rows before any claim
+    # gets its second method: GPTQ (int3's row shares the Hessians), then W4A8 smoothing and
+    # PoT refinement, then clip and AWQ.
+    claim_formats = ("razer4", "fp4", "int4", "nvfp4", "nvfp4-razer", "int4-sym")
+    for f in claim_formats + ("int3",):
+        add(Row(f, "gptq", tier=2))
     for m in ("smooth", "aqas"):
         for a in ACTS:
             add(Row(W4A8_WEIGHTS, m, act=a, tier=2))
     add(Row("pot3", "pot-refine", tier=2))
-    add(Row("int3", "gptq", tier=2))
+    for m in ("clip", "awq"):
+        for f in claim_formats:
+            add(Row(f, m, tier=2))
     # tier 4: the rest of the matrix
     seen = {r.key for r in out}
     rest = [Row(f, "rtn") for f in WEIGHT_FORMATS]

@@ -174,7 +174,7 @@ def _check_format(name: str) -> None:
     from qcompiler import formats
 
     try:
-        formats.get(name)
+        formats.check_name(name)  # torch-free: a typo is answered at once
     except QCompilerError as e:
         raise UsageError(str(e)) from None
 

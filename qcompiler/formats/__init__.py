@@ -7,16 +7,21 @@
 
 Passes, kernels and reports ask the `Format` (bits, scale type, code table, bits per weight,
 quantize/dequantize) instead of re-implementing a codebook. The built-in formats are loaded on
-first use, so importing this package stays cheap. Layouts: docs/CONTRACTS.md.
+first use, so importing this package stays cheap and torch-free: `check_name` answers a
+mistyped `--format` without loading torch (a usage error should not cost two seconds).
+Layouts: docs/CONTRACTS.md.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from qcompiler.errors import QCompilerError
-from qcompiler.formats.base import Format, QTensor
+
+if TYPE_CHECKING:
+    from qcompiler.formats.base import Format, QTensor
 
 _REGISTRY: dict[str, Format] = {}
 _LOADED = False
@@ -35,6 +40,10 @@ _BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fp8_e4m3", ("FP8_E4M3",)),
     ("int8", ("INT8",)),
 )
+# their names, in the same order (tests/formats/test_registry.py checks it against the objects)
+BUILTIN_NAMES: tuple[str, ...] = (
+    "int4", "int4-sym", "int3", "int2", "fp4", "razer4", "razer4-kv", "pot4", "pot3", "pot2",
+    "nf4", "dint4", "mxfp4", "nvfp4", "nvfp4-razer", "fp8-e4m3", "int8")
 
 
 def register(fmt: Format) -> Format:
@@ -51,11 +60,21 @@ def get(name: str) -> Format:
     _load()
     fmt = _REGISTRY.get(name)
     if fmt is None:
-        known = list(_REGISTRY)
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f", did you mean '{close[0]}'?" if close else ""
-        raise QCompilerError(f"unknown format '{name}'; known formats: {', '.join(known)}{hint}")
+        _unknown(name, list(_REGISTRY))
     return fmt
+
+
+def check_name(name: str) -> None:
+    """`get(name)`'s error for a name no format has, without loading the formats (no torch)."""
+    known = list(dict.fromkeys(BUILTIN_NAMES + tuple(_REGISTRY)))
+    if name not in known:
+        _unknown(name, known)
+
+
+def _unknown(name: str, known: list[str]) -> None:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f", did you mean '{close[0]}'?" if close else ""
+    raise QCompilerError(f"unknown format '{name}'; known formats: {', '.join(known)}{hint}")
 
 
 def names() -> list[str]:
@@ -75,4 +94,13 @@ def _load() -> None:
             register(getattr(mod, attr))
 
 
-__all__ = ["Format", "QTensor", "get", "names", "register"]
+def __getattr__(name: str) -> Any:
+    """`Format` and `QTensor` on first use: their module imports torch."""
+    if name in ("Format", "QTensor"):
+        from qcompiler.formats import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BUILTIN_NAMES", "Format", "QTensor", "check_name", "get", "names", "register"]

@@ -76,6 +76,35 @@ def test_runs_saves_resumes_and_renders_claims(tiny, tmp_path, monkeypatch):
     assert out.read_text().split("Run:")[1].split("\n", 1)[1] == md.split("Run:")[1].split("\n", 1)[1]
 
 
+def test_jobs_give_the_rows_of_one_process(tiny, tmp_path):
+    """--jobs 2 (forked workers, units of rows sharing statistics) gives every row of the
+    one-process run, with the same numbers (one torch thread in both: bit-equal here)."""
+    base, text = tiny
+    (tmp_path / "wiki.txt").write_text(text)
+    common = ARGS + ["--text", str(tmp_path / "wiki.txt"), "--threads", "1"]
+    one, two = tmp_path / "one.md", tmp_path / "two.md"
+    assert bench.main(common + ["--out", str(one)], load=base.clone,
+                      tokenizer=CharTokenizer()) == 0
+    two_args = [a for a in common if a not in ("--threads", "1")] + ["--jobs", "2"]
+    assert bench.main(two_args + ["--out", str(two)], load=base.clone,
+                      tokenizer=CharTokenizer()) == 0
+    rows1 = json.loads(one.with_suffix(".json").read_text())["rows"]
+    rows2 = json.loads(two.with_suffix(".json").read_text())["rows"]
+    assert rows1.keys() == rows2.keys()
+    keys = ("seed", "perplexity", "kl_mean", "kl_p99", "top1")
+    for key in rows1:
+        got = sorted(tuple(r[k] for k in keys) for r in rows2[key]["runs"])
+        want = sorted(tuple(r[k] for k in keys) for r in rows1[key]["runs"])
+        assert got == want, key
+
+
+def test_units_group_one_method_and_seed():
+    gptq = [plan.Row("razer4", "gptq"), plan.Row("fp4", "gptq")]
+    rtn = plan.Row("razer4", "rtn")
+    todo = [(rtn, 0), (gptq[0], 0), (gptq[1], 0), (gptq[0], 1), (plan.Row("fp4", "clip"), 1)]
+    assert [len(u) for u in bench.units(todo)] == [1, 2, 1, 1]
+
+
 def test_score_matches_qcompiler_evaluate(tiny):
     """One forward per window gives the same perplexity, KL and top-1 as `qcompile eval`'s
     code (the fp log-probs are cached in float16: KL to 1e-2 relative, the rest exactly)."""

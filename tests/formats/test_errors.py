@@ -24,6 +24,26 @@ def test_unknown_format_lists_the_known_ones():
         assert name in msg
 
 
+def test_check_name_is_get_without_loading_torch():
+    """The torch-free name list is the registry's, and a typo gets get()'s message from a
+    process that never imports torch (the CLI's usage error)."""
+    import subprocess
+    import sys
+
+    assert list(formats.BUILTIN_NAMES) == formats.names()[:len(formats.BUILTIN_NAMES)]
+    formats.check_name("nvfp4-razer")
+    with pytest.raises(QCompilerError) as e:
+        formats.get("razer5")
+    with pytest.raises(QCompilerError) as e2:
+        formats.check_name("razer5")
+    assert str(e2.value) == str(e.value)
+    code = ("import sys\nfrom qcompiler import formats\ntry:\n    formats.check_name('fp5')\n"
+            "except Exception as e:\n    print(e)\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith("unknown format 'fp5'") and out[1] == "False"
+
+
 @pytest.mark.parametrize("name", formats.names())
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_nan_or_inf_is_a_clear_error(name, bad):
