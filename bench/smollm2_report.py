@@ -53,6 +53,35 @@ def table(rows: list[dict], seeds: int) -> list[str]:
     return lines
 
 
+def headline(by: dict[str, dict]) -> list[str]:
+    """Perplexity per weight format (rows) and method (columns), the claims' formats first:
+    the table at a glance (README quotes it). A blank cell: that row was not run."""
+    weight_only = [r for r in by.values() if r.get("runs") and not r.get("act")
+                   and not r.get("kv")]
+    methods = [m for m in plan.METHODS + ("pot-refine",)
+               if any(r["method"] == m for r in weight_only)]
+    fmts = list(plan.CLAIM_FORMATS) + [f for f in plan.WEIGHT_FORMATS
+                                       if f not in plan.CLAIM_FORMATS]
+    fp = by.get("fp", {})
+    lines = [f"| format (g) | bits/weight | {' | '.join(methods)} |",
+             "|---|---|" + "---|" * len(methods)]
+    for f in fmts:
+        cells = []
+        for m in methods:
+            row = by.get(f"{f}|{m}||", {})
+            ppl = mean(row, "perplexity") if row.get("runs") else None
+            sp = spread(row)
+            cells.append("" if ppl is None else f"{ppl:.2f}" + (f" ±{sp / 2:.2f}" if sp else ""))
+        if any(cells):
+            bpw = next(by[f"{f}|{m}||"]["bpw"] for m in methods
+                       if by.get(f"{f}|{m}||", {}).get("runs"))
+            lines.append(f"| {f} ({plan.group_for(f)}) | {bpw:.3f} | {' | '.join(cells)} |")
+    if fp.get("runs"):
+        lines += ["", f"fp32: {mean(fp, 'perplexity'):.2f}. Perplexity, lower is better; "
+                  "± half the spread over calibration seeds where there are several."]
+    return lines
+
+
 def plan_note() -> str:
     return "SmolLM2-135M, Q4_1-derived weights"
 
@@ -180,6 +209,7 @@ def markdown(state: dict, seeds: int) -> str:
     dev = deviations(state, seeds)
     if dev:
         lines += ["**Below the spec's sizes in this run:**", ""] + dev + [""]
+    lines += ["## At a glance: perplexity by format and method", ""] + headline(by) + [""]
     lines += ["## Table", ""] + table(rows, seeds) + [""]
     planned = plan.rows()
     missing = [r for r in planned if not by.get(r.key, {}).get("runs")

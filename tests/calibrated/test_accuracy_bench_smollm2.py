@@ -67,6 +67,10 @@ def test_runs_saves_resumes_and_renders_claims(tiny, tmp_path, monkeypatch):
     assert "Q4_1" in md and "PoT-3 with refinement beats INT3 (seed 001)" in md
     assert "not measured" in md  # e.g. AQAS vs SmoothQuant: its rows were not run
     assert "eval tokens: 45 (spec: at least 32000)" in md
+    glance = md.split("## At a glance")[1].split("## Table")[0]
+    razer = next(line for line in glance.splitlines() if line.startswith("| razer4 (64) |"))
+    ppl = sum(r["perplexity"] for r in gptq) / 2
+    assert razer.split(" | ")[3].startswith(f"{ppl:.2f} ±")  # rtn | gptq columns; 2 seeds
 
     # resume: every task is done, so nothing compiles again and the rows stay as they were
     monkeypatch.setattr(bench, "run_task", lambda *a: pytest.fail("resumed a finished task"))
