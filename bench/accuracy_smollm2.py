@@ -36,6 +36,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -211,11 +212,11 @@ class _Work:
             return True
         return False
 
-    def run_unit(self, unit: list[tuple[plan.Row, int]]) -> list[tuple[plan.Row, int, dict]]:
-        """The unit's tasks in order, sharing statistics; stops at --stop-at."""
+    def run_unit(self, unit: list[tuple[plan.Row, int]], out: Callable[[tuple], None]) -> None:
+        """The unit's tasks in order, sharing statistics, each (row, seed, metrics or
+        {"error"}) handed to `out` when it finishes; stops at --stop-at."""
         from qcompiler import stats_memo
 
-        out = []
         with stats_memo.reuse(max_entries=2) as counts:
             for row, seed in unit:
                 if self.past_stop():
@@ -228,43 +229,58 @@ class _Work:
                 except Exception as e:
                     traceback.print_exc()
                     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                    out.append((row, seed, {"error": f"{type(e).__name__}: {first}"}))
+                    out((row, seed, {"error": f"{type(e).__name__}: {first}"}))
                     continue
                 print(f"{row.key:32} seed {seed}: ppl {metrics['perplexity']:.3f} KL "
                       f"{metrics['kl_mean']:.4f} ({metrics['seconds']:.0f}s, compile "
                       f"{metrics['compile_seconds']:.0f}s, statistics "
                       f"{'reused' if metrics['stats_reused'] else 'collected'})",
                       file=sys.stderr, flush=True)
-                out.append((row, seed, metrics))
-        return out
+                out((row, seed, metrics))
 
 
-_WORK: _Work | None = None  # the forked workers' copy (multiprocessing pickles no closures)
+# what the forked workers inherit (multiprocessing pickles no closures): the work and the
+# queue each finished task goes back on
+_WORK: _Work | None = None
+_DONE: Any = None
 
 
-def _run_unit_in_worker(unit):
+def _run_unit_in_worker(unit) -> None:
     torch.set_num_threads(1)
     assert _WORK is not None
-    return _WORK.run_unit(unit)
+    _WORK.run_unit(unit, _DONE.put)
 
 
 def run_units(work: _Work, todo: list, jobs: int):
     """Yield (row, seed, metrics or {"error"}) as tasks finish: in this process for one job,
     else in `jobs` forked processes of one torch thread each, a unit at a time, first unit
-    first (the parent writes every result, so the files have one writer)."""
+    first. Workers send each task back as it finishes and the parent writes every result (one
+    writer; a stop loses only the tasks in flight)."""
     if jobs <= 1:
         for unit in todo:
             if work.past_stop():
                 return
-            yield from work.run_unit(unit)
+            done: list = []
+            work.run_unit(unit, done.append)
+            yield from done
         return
     import multiprocessing
+    import queue
 
-    global _WORK
-    _WORK = work
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        for done in pool.imap_unordered(_run_unit_in_worker, todo):
-            yield from done
+    global _WORK, _DONE
+    ctx = multiprocessing.get_context("fork")
+    _WORK, _DONE = work, ctx.Queue()
+    with ctx.Pool(jobs) as pool:
+        finished = pool.map_async(_run_unit_in_worker, todo, chunksize=1)
+        while True:
+            try:
+                yield _DONE.get(timeout=1.0)
+            except queue.Empty:
+                if finished.ready():
+                    finished.get()  # a worker's exception surfaces here
+                    break
+        while not _DONE.empty():
+            yield _DONE.get()
 
 
 def main(argv: list[str] | None = None, load=None, tokenizer=None) -> int:
