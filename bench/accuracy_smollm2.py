@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None, load=None, tokenizer=None) -> int:
     state = (json.loads(rows_file.read_text()) if rows_file.is_file()
              else {"rows": {}, "started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"})
     state.update(command=command.strip(), window=args.window, calib_samples=args.calib_samples,
-                 calib_seqlen=args.calib_seqlen, seeds=args.seeds)
+                 calib_seqlen=args.calib_seqlen, seeds=args.seeds,
+                 processes=f"{args.jobs} x {torch.get_num_threads()} torch thread(s)")
     if args.note:
         state["note"] = args.note
 

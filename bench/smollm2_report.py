@@ -8,6 +8,7 @@ row, else it is a tie. Rows with one calibration seed have no spread: the verdic
 
 from __future__ import annotations
 
+import os
 import platform
 
 import smollm2_plan as plan
@@ -193,7 +194,9 @@ def markdown(state: dict, seeds: int) -> str:
              "model, not of the bf16 original.  ",
              f"Command: `{state.get('command', '')}`  ",
              f"Run: {state.get('started', '?')} to {state.get('updated', '?')}  ",
-             f"Machine: {platform.platform()}, {torch.get_num_threads()} threads (shared), "
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, last run as "
+             f"{state.get('processes', f'1 x {torch.get_num_threads()} torch thread(s)')} "
+             "(the run history says what else ran), "
              f"Python {platform.python_version()}, torch {torch.__version__}, transformers "
              f"{transformers.__version__}", "",
              f"Evaluation: wiki.test.raw, {state.get('evaluation', '?')}. Perplexity: exp of "
