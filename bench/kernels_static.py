@@ -18,7 +18,7 @@ stream at 85 % of 4.8 TB/s delivers about 7.9e12 codes/s, so an M = 1 GEMV stays
 only below about 4.2 instructions per code (H100: about 5.8). Budgets checked here (issue 12):
 M = 1: every 4-bit format <= 4.5, nf4 <= 6, razer4 <= int4-sym + 0.5; M = 16 / 256: <= 6;
 and no default kernel spills registers (local-memory LDL / STL in its SASS).
-This is a static count, not a timing: `bench/kernels.py` measures on a GPU.
+This is a static count, not a timing: `bench/kernel_speed.py` measures on a GPU.
 Exit codes: 0 ok, 1 a kernel failed to compile, 2 usage error (or TRITON_INTERPRET set).
 """
 

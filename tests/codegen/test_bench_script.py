@@ -1,4 +1,4 @@
-"""bench/kernels.py: the no-GPU message, and one tiny shape through the real code path."""
+"""bench/kernel_speed.py: the no-GPU message, and one tiny shape through the real code path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "kernels.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "kernel_speed.py"
 
 
 def _bench():
@@ -24,7 +24,7 @@ def _bench():
 def test_without_cuda_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert _bench().main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    want = ("error: bench/kernels.py needs a CUDA GPU and none is visible; run with "
+    want = ("error: bench/kernel_speed.py needs a CUDA GPU and none is visible; run with "
             "--interpret-smoke to check the script on the CPU")
     assert err == [want]
 
@@ -35,7 +35,7 @@ def test_interpret_smoke_writes_a_report(tmp_path: Path) -> None:
                         "--e2e", "--out", str(out)])
     assert rc == 0
     text = out.read_text()
-    assert "- command: `python bench/kernels.py" in text and "triton" in text
+    assert "- command: `python bench/kernel_speed.py" in text and "triton" in text
     assert "| razer4 | 96x128 | 1 |" in text and "| razer4 | 96x128 | 16 |" in text
     assert "| fp16 (cuBLAS) |" in text and "| razer4 |" in text.split("## Batch-1 decode")[1]
     assert "WRONG" not in text

@@ -5,9 +5,9 @@ written as they come) is bench/gpu_all.py; this script is the configurable per-s
 It launches the shipped configs (codegen/tuned/<GPU>.json) or the untuned defaults and does not
 tune unless --autotune is given (an autotune sweep compiles dozens of configs per shape).
 
-    python bench/kernels.py                      # Llama-2-7B / Llama-3-8B shapes, M = 1..256
-    python bench/kernels.py --e2e                # plus batch-1 decode of a Llama-2-7B-shaped stack
-    python bench/kernels.py --interpret-smoke    # CPU: one tiny shape through the same code path
+    python bench/kernel_speed.py                      # Llama-2-7B / Llama-3-8B shapes, M = 1..256
+    python bench/kernel_speed.py --e2e                # plus batch-1 decode of a Llama-2-7B-shaped stack
+    python bench/kernel_speed.py --interpret-smoke    # CPU: one tiny shape through the same code path
 
 For every (N x K) layer shape, M and format: the kernel's median time (triton.testing, inside
 a CUDA graph by default so launch overhead does not hide microsecond kernels; `--timer events`
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not args.interpret_smoke and not torch.cuda.is_available():
-        print("error: bench/kernels.py needs a CUDA GPU and none is visible; "
+        print("error: bench/kernel_speed.py needs a CUDA GPU and none is visible; "
               "run with --interpret-smoke to check the script on the CPU", file=sys.stderr)
         return 2
     try:
@@ -290,7 +290,7 @@ def _report(rows: list[Row], e2e, copy_gbs: float, args, device) -> str:
     import triton
 
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (TRITON_INTERPRET=1)"
-    cmd = "python bench/kernels.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:]))
+    cmd = "python bench/kernel_speed.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:]))
     lines = [
         f"# Fused-dequant kernels vs fp16 cuBLAS: {gpu}", "",
         f"- date: {datetime.date.today().isoformat()}",
