@@ -115,7 +115,12 @@ def overall(verdicts: list[str]) -> str:
         return "HELD" + (" (where measured)" if len(got) < len(verdicts) else "")
     if all(v == "not held" for v in got):
         return "NOT HELD"
-    return "MIXED"
+    if all(v == "tie" for v in got):
+        return "TIE (every gap within the calibration spread)"
+    counts = ", ".join(f"{v} {got.count(v)}" for v in ("held", "tie", "not held"))
+    if "not held" not in got:  # never worse beyond the spread, better in some comparisons
+        return f"HELD OR TIED ({counts} of {len(got)} measured)"
+    return f"MIXED ({counts} of {len(got)} measured)"
 
 
 def stub(r: plan.Row) -> dict:

@@ -152,4 +152,5 @@ def test_claim_verdicts_use_the_spread():
     assert report.compare(row("razer4", "rtn", [45]), row("fp4", "rtn", [43]))[0] == "not held"
     assert report.compare(row("razer4", "awq", []), row("fp4", "rtn", [43]))[0] == "missing"
     assert report.overall(["held", "missing"]) == "HELD (where measured)"
-    assert report.overall(["held", "not held"]) == "MIXED"
+    assert report.overall(["held", "not held"]) == "MIXED (held 1, tie 0, not held 1 of 2 measured)"
+    assert report.overall(["held", "tie", "missing"]).startswith("HELD OR TIED (held 1, tie 1")
