@@ -197,6 +197,7 @@ class _Work:
         self.args, self.load, self.tokenizer, self.text = args, load, tokenizer, text
         self.windows, self.ref = windows, ref
         self.calibrations: dict[int, list] = {}
+        self.stopped = False
 
     def calibration(self, seed: int) -> list:
         if seed not in self.calibrations:
@@ -206,17 +207,20 @@ class _Work:
         return self.calibrations[seed]
 
     def past_stop(self) -> bool:
+        """Past --stop-at (said once per process)."""
         stop = self.args.stop_at
-        if stop and datetime.now(timezone.utc).strftime("%H:%M") >= stop:
+        if not self.stopped and stop and datetime.now(timezone.utc).strftime("%H:%M") >= stop:
             print(f"stop: it is past {stop} UTC", file=sys.stderr, flush=True)
-            return True
-        return False
+            self.stopped = True
+        return self.stopped
 
-    def run_unit(self, unit: list[tuple[plan.Row, int]], out: Callable[[tuple], None]) -> None:
+    def run_unit(self, unit: list[tuple[plan.Row, int]], out: Callable[[tuple], None]) -> int:
         """The unit's tasks in order, sharing statistics, each (row, seed, metrics or
-        {"error"}) handed to `out` when it finishes; stops at --stop-at."""
+        {"error"}) handed to `out` when it finishes; stops at --stop-at. Returns how many
+        were handed out."""
         from qcompiler import stats_memo
 
+        sent = 0
         with stats_memo.reuse(max_entries=2) as counts:
             for row, seed in unit:
                 if self.past_stop():
@@ -228,8 +232,9 @@ class _Work:
                     metrics["stats_reused"] = counts["hits"] > hits
                 except Exception as e:
                     traceback.print_exc()
-                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                    first = (str(e).strip().splitlines() or [""])[0][:300]
                     out((row, seed, {"error": f"{type(e).__name__}: {first}"}))
+                    sent += 1
                     continue
                 print(f"{row.key:32} seed {seed}: ppl {metrics['perplexity']:.3f} KL "
                       f"{metrics['kl_mean']:.4f} ({metrics['seconds']:.0f}s, compile "
@@ -237,6 +242,8 @@ class _Work:
                       f"{'reused' if metrics['stats_reused'] else 'collected'})",
                       file=sys.stderr, flush=True)
                 out((row, seed, metrics))
+                sent += 1
+        return sent
 
 
 # what the forked workers inherit (multiprocessing pickles no closures): the work and the
@@ -245,10 +252,10 @@ _WORK: _Work | None = None
 _DONE: Any = None
 
 
-def _run_unit_in_worker(unit) -> None:
+def _run_unit_in_worker(unit) -> int:
     torch.set_num_threads(1)
     assert _WORK is not None
-    _WORK.run_unit(unit, _DONE.put)
+    return _WORK.run_unit(unit, _DONE.put)
 
 
 def run_units(work: _Work, todo: list, jobs: int):
@@ -272,14 +279,16 @@ def run_units(work: _Work, todo: list, jobs: int):
     _WORK, _DONE = work, ctx.Queue()
     with ctx.Pool(jobs) as pool:
         finished = pool.map_async(_run_unit_in_worker, todo, chunksize=1)
-        while True:
+        got = 0
+        while not finished.ready():
             try:
                 yield _DONE.get(timeout=1.0)
+                got += 1
             except queue.Empty:
-                if finished.ready():
-                    finished.get()  # a worker's exception surfaces here
-                    break
-        while not _DONE.empty():
+                pass
+        # a worker's exception surfaces here; the counts say what is still in the queue (a
+        # worker's put is flushed by a feeder thread, possibly after its unit returned)
+        for _ in range(sum(finished.get()) - got):
             yield _DONE.get()
 
 

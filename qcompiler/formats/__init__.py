@@ -26,24 +26,18 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, Format] = {}
 _LOADED = False
 
-# module -> the Format instances it defines, in the order `names()` lists them
-_BUILTIN: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("integer", ("INT4", "INT4_SYM", "INT3", "INT2")),
-    ("fp4", ("FP4",)),
-    ("razer", ("RAZER4", "RAZER4_KV")),
-    ("pot", ("POT4", "POT3", "POT2")),
-    ("nf4", ("NF4",)),
-    ("dint", ("DINT4",)),
-    ("mx", ("MXFP4",)),
-    ("nvfp4", ("NVFP4",)),
-    ("nvfp4_razer", ("NVFP4_RAZER",)),
-    ("fp8_e4m3", ("FP8_E4M3",)),
-    ("int8", ("INT8",)),
+# (module, Format instance, its name) in the order `names()` lists them: the names are written
+# out so a name can be checked without importing the modules (torch); `_load` checks they match
+_BUILTIN: tuple[tuple[str, str, str], ...] = (
+    ("integer", "INT4", "int4"), ("integer", "INT4_SYM", "int4-sym"), ("integer", "INT3", "int3"),
+    ("integer", "INT2", "int2"), ("fp4", "FP4", "fp4"), ("razer", "RAZER4", "razer4"),
+    ("razer", "RAZER4_KV", "razer4-kv"), ("pot", "POT4", "pot4"), ("pot", "POT3", "pot3"),
+    ("pot", "POT2", "pot2"), ("nf4", "NF4", "nf4"), ("dint", "DINT4", "dint4"),
+    ("mx", "MXFP4", "mxfp4"), ("nvfp4", "NVFP4", "nvfp4"),
+    ("nvfp4_razer", "NVFP4_RAZER", "nvfp4-razer"), ("fp8_e4m3", "FP8_E4M3", "fp8-e4m3"),
+    ("int8", "INT8", "int8"),
 )
-# their names, in the same order (tests/formats/test_registry.py checks it against the objects)
-BUILTIN_NAMES: tuple[str, ...] = (
-    "int4", "int4-sym", "int3", "int2", "fp4", "razer4", "razer4-kv", "pot4", "pot3", "pot2",
-    "nf4", "dint4", "mxfp4", "nvfp4", "nvfp4-razer", "fp8-e4m3", "int8")
+BUILTIN_NAMES: tuple[str, ...] = tuple(name for _, _, name in _BUILTIN)
 
 
 def register(fmt: Format) -> Format:
@@ -88,10 +82,12 @@ def _load() -> None:
     if _LOADED:
         return
     _LOADED = True
-    for module, attrs in _BUILTIN:
-        mod = importlib.import_module(f"qcompiler.formats.{module}")
-        for attr in attrs:
-            register(getattr(mod, attr))
+    for module, attr, name in _BUILTIN:
+        fmt = getattr(importlib.import_module(f"qcompiler.formats.{module}"), attr)
+        if fmt.name != name:
+            raise ValueError(f"qcompiler.formats.{module}.{attr} is named {fmt.name!r}, "
+                             f"_BUILTIN says {name!r}")
+        register(fmt)
 
 
 def __getattr__(name: str) -> Any:

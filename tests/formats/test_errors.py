@@ -30,7 +30,7 @@ def test_check_name_is_get_without_loading_torch():
     import subprocess
     import sys
 
-    assert list(formats.BUILTIN_NAMES) == formats.names()[:len(formats.BUILTIN_NAMES)]
+    assert list(formats.BUILTIN_NAMES) == formats.names()[:len(formats.BUILTIN_NAMES)]  # _load checks each
     formats.check_name("nvfp4-razer")
     with pytest.raises(QCompilerError) as e:
         formats.get("razer5")
