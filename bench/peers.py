@@ -20,8 +20,10 @@ Format: symmetric INT4 with one scale per group of `group` along K (int4-sym; g3
 stories260k, g128 on the 512-wide Llama); lm_head stays in float on both sides.
 Rows: RTN (no calibration, run once; ours both textbook, `search=rtn`, and by default, the
 format's clip search), GPTQ at matched settings (ours: `search=rtn,
-act-order=true`, theirs: GPTQModifier defaults, static act-order), our default GPTQ, and ours
-with `search=half-step,act-order=true` (qcompiler/gptq_core.py).
+act-order=true`, theirs: GPTQModifier defaults, static act-order), our default GPTQ
+(act-order, output-error group scales since 2026-12-03), our previous default (no act-order,
+weight-error scales: `act-order=false,search=clip`), and ours with `search=half-step,
+act-order=true` (qcompiler/gptq_core.py).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def our_pipelines(group: int) -> dict[str, str]:
         "rtn (default)": f"canonicalize,dce,{low},dce",
         "gptq (matched)": f"canonicalize,dce,gptq{{{q},search=rtn,act-order=true}},{low},dce",
         "gptq (default)": f"canonicalize,dce,gptq{{{q}}},{low},dce",
+        "gptq (previous default)": f"canonicalize,dce,gptq{{{q},act-order=false,search=clip}},"
+                                   f"{low},dce",
         "gptq (half-step)": f"canonicalize,dce,gptq{{{q},search=half-step,act-order=true}},"
                             f"{low},dce",
     }
@@ -193,7 +197,7 @@ def verdicts(summary: list[dict]) -> list[str]:
         by = {(s["side"], s["method"]): s for s in summary if s["model"] == model}
         theirs = by.get(("llm-compressor", "gptq (matched)"))
         for method in ("rtn", "rtn (default)", "gptq (matched)", "gptq (default)",
-                       "gptq (half-step)"):
+                       "gptq (previous default)", "gptq (half-step)"):
             ours = by.get(("qcompiler", method))
             peer = by.get(("llm-compressor", "rtn")) if method.startswith("rtn") else theirs
             if ours is None or peer is None:

@@ -70,11 +70,13 @@ class Format:
         return self.codebook(**opts)
 
     def quantize(self, w: torch.Tensor, group_size: int | None = None, *, search: str | None = None,
-                 x: torch.Tensor | None = None, **opts: Any) -> QTensor:
+                 x: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
+                 **opts: Any) -> QTensor:
         """Quantize a [N, K] tensor, groups of `group_size` along K.
 
         search: "clip" (scale search, default for weight formats) or "rtn" (absmax, no search).
         x: optional calibration activations [T, K]: the search then minimises output error.
+        hessian: instead of x, each group's block of xᵀx [K / group, group, group] (GPTQ).
         """
         search = self.default_search if search is None else search
         check_search(self.name, search)
@@ -85,7 +87,10 @@ class Format:
         if x is not None and x.shape[-1] != k:
             raise QCompilerError(f"format '{self.name}': calibration activations have "
                                  f"{x.shape[-1]} features, the weight has K={k}")
-        measure = ErrorMeasure(x, g, self.name)
+        if hessian is not None and tuple(hessian.shape) != (k // g, g, g):
+            raise QCompilerError(f"format '{self.name}': group Hessians must be "
+                                 f"[{k // g}, {g}, {g}], got {list(hessian.shape)}")
+        measure = ErrorMeasure(x, g, self.name, hessian)
         wg = w.detach().to(torch.float32).reshape(n, k // g, g)
         enc = chunked.encode(self, wg, search, measure, opts,
                              absmax if self.needs_absmax(opts) else None)

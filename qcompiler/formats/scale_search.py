@@ -138,10 +138,21 @@ def safe(s: torch.Tensor) -> torch.Tensor:
 class ErrorMeasure:
     """Per-group error of a candidate: weight MSE, or output MSE with calibration activations."""
 
-    def __init__(self, x: torch.Tensor | None, group_size: int, fmt: str = "") -> None:
+    def __init__(self, x: torch.Tensor | None, group_size: int, fmt: str = "",
+                 hessian: torch.Tensor | None = None) -> None:
+        """x: calibration activations [T, K]; or `hessian`: each group's own second moments
+        [K / group_size, group_size, group_size] (the diagonal blocks of xᵀx; GPTQ has them
+        already), which give the same per-group output errors without activations (then no
+        format refines on the full layer's activations)."""
         self.hessian: torch.Tensor | None = None
         self.activations: torch.Tensor | None = None  # [T, K] float32, for full-layer refinement
-        if x is not None:
+        if hessian is not None:
+            if x is not None:
+                raise ValueError("give calibration activations x or group Hessians, not both")
+            if not torch.isfinite(hessian).all():
+                raise QCompilerError(f"format '{fmt}': the group Hessians contain NaN/Inf")
+            self.hessian = hessian.detach().to(torch.float32)
+        elif x is not None:
             xf = x.detach().to(torch.float32).reshape(-1, x.shape[-1])
             if not torch.isfinite(xf).all():
                 raise QCompilerError(f"format '{fmt}': calibration activations x contain NaN/Inf")

@@ -37,3 +37,15 @@ def correlated(n: int = 48, k: int = 128, t: int = 512, seed: int = 0):
 def out_err(x: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Relative output error ||x wᵀ − x ŵᵀ||² / ||x wᵀ||²."""
     return float(((x @ (w - w_hat).T) ** 2).sum() / ((x @ w.T) ** 2).sum())
+
+
+def channel_scaled(n: int = 64, k: int = 256, t: int = 1024, seed: int = 0):
+    """A weight [n, k] and activations [t, k] whose channels differ in scale as an LLM's do
+    (log-normal spread, 4 outlier channels 10x larger), mildly correlated."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.exp(torch.randn(k, generator=g) * 0.8)
+    scale[:4] *= 10
+    mix = torch.randn(k, k, generator=g) / k ** 0.5 * 0.5 + torch.eye(k)
+    x = (torch.randn(t, k, generator=g) @ mix) * scale
+    w = torch.randn(n, k, generator=g) / 10
+    return w, x

@@ -9,7 +9,8 @@ import torch
 from qcompiler import formats
 from qcompiler.calibration import CalibrationConfig, calibration_batches, collect_linear_stats
 from qcompiler.formats import packing
-from qcompiler.gptq_core import gptq_quantize, round_to_table, slice_groups, value_table
+from qcompiler.gptq_core import (gptq_quantize, permute_symmetric_, round_to_table, slice_groups,
+                                 value_table)
 from qcompiler.pass_manager import run_pipeline
 from qcompiler.passes_base import PassContext
 
@@ -189,6 +190,21 @@ def test_overwriting_the_hessian_gives_the_same_codes(act_order):
                                 overwrite_hessian=True)
     for key, value in kept.tensors().items():
         assert torch.equal(value, overwritten.tensors()[key]), key
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_place_permutation_equals_indexing(seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(37, 37, generator=g)
+    h = h + h.T
+    perm = torch.randperm(37, generator=g)
+    if seed == 2:
+        perm[:5] = torch.arange(5)  # fixed points
+        perm[5:] = 5 + torch.randperm(32, generator=g)
+    expected = h[perm][:, perm]
+    storage = h.data_ptr()
+    assert permute_symmetric_(h, perm) is h and h.data_ptr() == storage
+    assert torch.equal(h, expected)
 
 
 def test_gptq_leaves_the_hessian_alone():
