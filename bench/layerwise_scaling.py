@@ -176,7 +176,10 @@ def render(rows: list[dict]) -> list[str]:
         "2026-12-03 09:00 UTC one, factored in place; from 2026-12-03 10:30 UTC none: GPTQ works "
         "in float32 (as the reference GPTQ and llm-compressor do) and factors each Hessian in "
         "its own storage once its last linear comes up, the Hessians go as they are used, and "
-        "the fp weights are overwritten by their fake-quantized values instead of copied.",
+        "the fp weights are overwritten by their fake-quantized values instead of copied. From "
+        "2026-12-03 17:30 UTC GPTQ's defaults are act-order (a given-up Hessian permuted in its "
+        "own storage) and output-error group scales (passes/gptq.py): more CPU, the same "
+        "buffers.",
         "",
         "| size | layers | format | S x L | mode | peak RSS (MiB) | budget (MiB) | met | layer "
         "fp32 (MiB) | packed (MiB) | gptq (s) | wall (s) | CPU (s) | load | date |",
