@@ -21,6 +21,11 @@ CLAIM_FORMATS = ("razer4", "fp4", "int4", "int4-sym", "nvfp4", "nvfp4-razer")
 METHODS = ("rtn", "clip", "awq", "gptq", "F-max")
 W4A8_WEIGHTS = "fp4"  # ZeroQuant-FP's W4A8 is FP4 weights; the same weights for every A8 row
 ACTS = ("int8", "fp8-e4m3")
+# GPTQ's default is act-order with output-error group scales (passes/gptq.py); these rows show
+# what each half brings: gptq-prev is the default before 2026-12-03 (neither), the others one
+GPTQ_VARIANTS = {"gptq-prev": "act-order=false,search=clip",
+                 "gptq-act-order": "act-order=true,search=clip",
+                 "gptq-output-mse": "act-order=false,search=output-mse"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class Row:
     """One table row: a weight format and method, optionally activations / KV quantized."""
 
     format: str
-    method: str  # rtn, clip, awq, gptq, F-max, pot-refine, w4a8, smooth, aqas, kv4
+    method: str  # rtn, clip, awq, gptq, F-max, pot-refine, w4a8, smooth, aqas, kv4, GPTQ_VARIANTS
     act: str | None = None  # activation format (W4A8 rows)
     kv: str | None = None  # KV-cache format
     tier: int = 4
@@ -81,6 +86,8 @@ def pipeline(row: Row) -> str:
         body = f"canonicalize,dce,awq{{{q}}},{lower(f, 'rtn')}"
     elif m == "gptq":
         body = f"canonicalize,dce,fold-norms,gptq{{{q}}},{lower(f)}"
+    elif m in GPTQ_VARIANTS:
+        body = f"canonicalize,dce,fold-norms,gptq{{{q},{GPTQ_VARIANTS[m]}}},{lower(f)}"
     elif m == "F-max":
         body = f"canonicalize,dce,fold-norms,rotate{{kind=hadamard}},gptq{{{q}}},{lower(f)}"
     elif m == "pot-refine":
@@ -117,6 +124,12 @@ def rows() -> list[Row]:
     claim_formats = ("razer4", "fp4", "int4", "nvfp4", "nvfp4-razer", "int4-sym")
     for f in claim_formats + ("int3",):
         add(Row(f, "gptq", tier=2))
+    # the previous GPTQ default (no act-order, weight-error group scales), measured before
+    # the default changed, and each half of the change on razer4: what they bought (README)
+    for f in claim_formats + ("int3",):
+        add(Row(f, "gptq-prev", tier=2))
+    for m in ("gptq-act-order", "gptq-output-mse"):
+        add(Row("razer4", m, tier=2))
     for m in ("smooth", "aqas"):
         for a in ACTS:
             add(Row(W4A8_WEIGHTS, m, act=a, tier=2))

@@ -54,12 +54,20 @@ def table(rows: list[dict], seeds: int) -> list[str]:
     return lines
 
 
+GPTQ_NOTE = (
+    "GPTQ columns: `gptq` is the pass's default since 2026-12-03, act-order with output-error "
+    "group scales (`search=output-mse`: each group's scale minimises the output error its "
+    "block of the Hessian predicts); `gptq-prev` is the default before (no act-order, "
+    "weight-error scales), run before the change; `gptq-act-order` and `gptq-output-mse` "
+    "(razer4) each have one half of the change. Every row's exact options: Pipelines below.")
+
+
 def headline(by: dict[str, dict]) -> list[str]:
     """Perplexity per weight format (rows) and method (columns), the claims' formats first:
     the table at a glance (README quotes it). A blank cell: that row was not run."""
     weight_only = [r for r in by.values() if r.get("runs") and not r.get("act")
                    and not r.get("kv")]
-    methods = [m for m in plan.METHODS + ("pot-refine",)
+    methods = [m for m in plan.METHODS + ("gptq-prev", "pot-refine")
                if any(r["method"] == m for r in weight_only)]
     fmts = list(plan.CLAIM_FORMATS) + [f for f in plan.WEIGHT_FORMATS
                                        if f not in plan.CLAIM_FORMATS]
@@ -218,6 +226,8 @@ def markdown(state: dict, seeds: int) -> str:
     if dev:
         lines += ["**Below the spec's sizes in this run:**", ""] + dev + [""]
     lines += ["## At a glance: perplexity by format and method", ""] + headline(by) + [""]
+    if any(r["method"] in plan.GPTQ_VARIANTS and r.get("runs") for r in rows):
+        lines += [GPTQ_NOTE, ""]
     lines += ["## Table", ""] + table(rows, seeds) + [""]
     planned = plan.rows()
     missing = [r for r in planned if not by.get(r.key, {}).get("runs")
