@@ -68,7 +68,9 @@ def paper_pipelines(fmt: str) -> dict[str, tuple[str, str]]:
     - `F-clip`: the per-group clipping search on the layer output error (calibration data),
       after folding the norms: what RaZeR and AWQ-style RTN baselines do.
     - `F-max`: QuaRot rotation of the residual stream, then GPTQ with the format's own
-      quantizer: the strongest weight-only recipe (Llama-family graphs; others say why not).
+      quantizer (Llama-family graphs; others say why not). The strongest recipe for integer
+      and PoT grids; on SmolLM2-135M the FP grids (fp4, nvfp4, razer4) did better without the
+      rotation, i.e. plain `fold-norms,gptq` (bench/results/accuracy-smollm2.md).
     - `F-w4a8`: F-max plus FP8-E4M3 per-token activations (ZeroQuant-FP's W4A8).
     - `potN-refine`: the PoT paper's two steps, robust init then scale refinement on
       calibration data.
