@@ -2,7 +2,8 @@
 
     gptq{format=razer4}                            group 128, block 128, damp 0.01, act-order,
                                                    output-error group scales
-    gptq{format=pot4,group-size=64,act-order=false,search=clip}   the textbook variant
+    gptq{format=pot4,group-size=64,act-order=false,search=clip}   the default before 2026-12-03
+    gptq{format=int4,search=rtn,act-order=false}   textbook GPTQ (min/max group scales)
     gptq{format=int4-sym,group-size=32,search=half-step}
 
 For each selected linear, the Hessian H = Σ xᵀx of its input over the calibration data
