@@ -23,17 +23,33 @@ clip ratios are snapped in one call when `snap` acts elementwise.
 
 from __future__ import annotations
 
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
 from qcompiler.formats.fp4 import FP4_GRID, FP4_MAGNITUDES
+from qcompiler.formats.native import razer as native
 from qcompiler.formats.grid_format import fit_scale, group_extremes
 from qcompiler.formats.scale_search import (RunningBest, clip_ratios, refine_steps, safe,
                                             with_extra)
 
 FP4_MAX = 6.0
 Range = tuple[float, float]
+_local = threading.local()
+
+
+@contextmanager
+def torch_path() -> Iterator[None]:
+    """Run the torch loop even where the C loop (native/razer_search.c) is available: the
+    reference that the C loop is checked against (native/razer_check.py, tests)."""
+    before = getattr(_local, "torch_only", False)
+    _local.torch_only = True
+    try:
+        yield
+    finally:
+        _local.torch_only = before
 
 
 def gain(a: torch.Tensor, dq2: torch.Tensor, v: float | torch.Tensor) -> torch.Tensor:
@@ -64,25 +80,71 @@ def search(wg: torch.Tensor, specials: tuple[float, ...], ranges: dict[Range, li
     """razer.py `search_special` under weight MSE (same arguments; `ranges` =
     `special_ranges(specials)`): (scale [N, G, 1], special index [N, G] int64), same values."""
     n, g, _ = wg.shape
-    ext = group_extremes(wg)
-    blk = _Block(wg, ext)
-    plain = fit_scale(wg, FP4_MAX, -FP4_MAX, ext)
-    bases = {rng: fit_scale(wg, rng[0], rng[1], ext) for rng in ranges}
-    own = {rng: bases[rng] != plain for rng in ranges}  # [N, G, 1]: not the plain scale
-    layers = _layers(ranges, own)
-    ratios = with_extra(clip_ratios(bits, search_mode), extra)
-    rt = torch.tensor(ratios, dtype=torch.float32)  # x * r == x * float32(r) in torch
+    c = _Candidates(wg, ranges, bits, search_mode, snap, extra, elementwise_snap)
+    inf = torch.tensor(float("inf"))
+    if _use_native(wg, specials):
+        w_lanes = native.lanes_weights(wg)
+        best = _native_coarse(w_lanes, specials, ranges, c, unclipped)
+        refine_error = _native_refine(w_lanes, n * g)
+    else:
+        blk = _Block(wg, c.ext)
+        best = _coarse(blk, specials, ranges, c, unclipped)
+        refine_error = None
+    meta = best["meta"]
+    base = torch.zeros_like(c.plain)
+    for rng, idxs in ranges.items():
+        chosen = torch.isin(meta, torch.tensor(idxs)).unsqueeze(-1)
+        base = torch.where(chosen, c.bases[rng], base)
+    if search_mode != "rtn" and not best.exact():
+        special = torch.tensor(specials, dtype=torch.float32)[meta].unsqueeze(-1)
+        if refine_error is None:
+            refine_error = _torch_refine(wg, blk, special)
+        for step in refine_steps(bits):
+            center = best["ratio"]
+            for d in (step, -step):
+                ratio = (center + d).clamp(min=0.05, max=1.0)
+                err = refine_error(snap(base * ratio), special)
+                if unclipped is not None:
+                    err = torch.where(unclipped & (ratio[..., 0] < 1), inf, err)
+                best.offer(err, ratio=ratio, meta=meta)
+    return snap(base * best["ratio"]), meta
 
-    def snapped(base: torch.Tensor) -> torch.Tensor:  # [R, N, G, 1]: snap(base * r) per ratio
-        if elementwise_snap:
-            return snap(base * rt.view(-1, 1, 1, 1))
-        return torch.stack([snap(base * r) for r in ratios])
 
-    s_plain = snapped(plain)
-    later = {rng for layer in layers[1:] for rng in layer}
-    scales = {rng: snapped(bases[rng]) for rng in later}
+class _Candidates:
+    """What both loops search: the groups' extremes, plain FP4 scale and each range's base
+    scale, which ranges' scales differ from the plain one (`own`), the roundings per ratio
+    (`_layers`), the ratios (Python floats and float32) and the snapped scales of every ratio
+    [R, N, G, 1] at the plain scale and for each range rounded in a later layer."""
+
+    def __init__(self, wg: torch.Tensor, ranges: dict[Range, list[int]], bits: int,
+                 search_mode: str, snap: Callable[[torch.Tensor], torch.Tensor],
+                 extra: tuple[float, ...], elementwise_snap: bool) -> None:
+        self.ext = group_extremes(wg)
+        self.plain = fit_scale(wg, FP4_MAX, -FP4_MAX, self.ext)
+        self.bases = {rng: fit_scale(wg, rng[0], rng[1], self.ext) for rng in ranges}
+        self.own = {rng: self.bases[rng] != self.plain for rng in ranges}  # [N, G, 1]
+        self.layers = _layers(ranges, self.own)
+        self.ratios = with_extra(clip_ratios(bits, search_mode), extra)
+        self.rt = torch.tensor(self.ratios, dtype=torch.float32)  # x * r == x * float32(r)
+
+        def snapped(base: torch.Tensor) -> torch.Tensor:  # snap(base * r) per ratio
+            if elementwise_snap:
+                return snap(base * self.rt.view(-1, 1, 1, 1))
+            return torch.stack([snap(base * r) for r in self.ratios])
+
+        self.s_plain = snapped(self.plain)
+        later = {rng for layer in self.layers[1:] for rng in layer}
+        self.scales = {rng: snapped(self.bases[rng]) for rng in later}
+
+
+def _coarse(blk: _Block, specials: tuple[float, ...], ranges: dict[Range, list[int]],
+            c: _Candidates, unclipped: torch.Tensor | None) -> RunningBest:
+    """The coarse loop in torch: every clip ratio x every special value, in offer order."""
+    n, g = blk.amax.shape
     best = RunningBest()
     inf = torch.tensor(float("inf"))
+    layers, own, ratios, rt, s_plain, scales = (c.layers, c.own, c.ratios, c.rt, c.s_plain,
+                                                c.scales)
     for k, r in enumerate(ratios):
         if best.exact():  # re-quantizing exact values: nothing later can win
             break
@@ -96,26 +158,81 @@ def search(wg: torch.Tensor, specials: tuple[float, ...], ranges: dict[Range, li
             for i in idxs:
                 err = errors[i] if banned is None else torch.where(banned, inf, errors[i])
                 best.offer(err, ratio=ratio, meta=torch.full((n, g), i, dtype=torch.int64))
-    meta = best["meta"]
-    base = torch.zeros_like(plain)
-    for rng, idxs in ranges.items():
-        chosen = torch.isin(meta, torch.tensor(idxs)).unsqueeze(-1)
-        base = torch.where(chosen, bases[rng], base)
-    if search_mode != "rtn" and not best.exact():
-        special = torch.tensor(specials, dtype=torch.float32)[meta].unsqueeze(-1)
-        mag = special.abs()
-        match = torch.where(special > 0, blk.pos, 1.0 - blk.pos) * (wg != 0)
-        for step in refine_steps(bits):
-            center = best["ratio"]
-            for d in (step, -step):
-                ratio = (center + d).clamp(min=0.05, max=1.0)
-                rd = _Rounded(blk, snap(base * ratio))
-                gn = gain(rd.a, rd.dq2, mag)
-                err = (rd.plain - torch.einsum("ngi,ngi->ng", gn, match)) * rd.s2
-                if unclipped is not None:
-                    err = torch.where(unclipped & (ratio[..., 0] < 1), inf, err)
-                best.offer(err, ratio=ratio, meta=meta)
-    return snap(base * best["ratio"]), meta
+    return best
+
+
+def _torch_refine(wg: torch.Tensor, blk: _Block, special: torch.Tensor,
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Error [N, G] at scales s [N, G, 1], each group with its special value [N, G, 1]; the
+    special's gain counts on the elements of its sign."""
+    mag = special.abs()
+    match = torch.where(special > 0, blk.pos, 1.0 - blk.pos) * (wg != 0)
+
+    def error(s: torch.Tensor, _special: torch.Tensor) -> torch.Tensor:
+        rd = _Rounded(blk, s)
+        gn = gain(rd.a, rd.dq2, mag)
+        return (rd.plain - torch.einsum("ngi,ngi->ng", gn, match)) * rd.s2
+
+    return error
+
+
+def _use_native(wg: torch.Tensor, specials: tuple[float, ...]) -> bool:
+    return (wg.numel() > 0 and not getattr(_local, "torch_only", False)
+            and native.supported(wg, specials) and native.lib() is not None)
+
+
+def _native_coarse(w_lanes: torch.Tensor, specials: tuple[float, ...],
+                   ranges: dict[Range, list[int]], c: _Candidates,
+                   unclipped: torch.Tensor | None) -> RunningBest:
+    """`_coarse` in C (native/razer_search.c), same errors, same offers, same result."""
+    layers, own, ratios, rt, s_plain, scales = (c.layers, c.own, c.ratios, c.rt, c.s_plain,
+                                                c.scales)
+    r, n, g, _ = s_plain.shape
+    m = n * g
+    range_of = {i: rng for rng, idxs in ranges.items() for i in idxs}
+    layer_scales = []
+    for li, layer in enumerate(layers):
+        s = s_plain
+        for rng, mask in layer.items() if li else ():
+            s = torch.where(mask.unsqueeze(-1), scales[rng], s)
+        layer_scales.append(s)
+    lscale = native.lanes(torch.stack(layer_scales, 1), m, torch.float32, lead=2)
+    zeros = torch.zeros(n, g, dtype=torch.bool)
+    serve = native.lanes(torch.stack([
+        torch.stack([layer.get(range_of[i], zeros) if li else zeros
+                     for i in range(len(specials))])
+        for li, layer in enumerate(layers)]), m, torch.uint8, lead=2)
+    own_i = native.lanes(torch.stack([own[range_of[i]][..., 0] for i in range(len(specials))]),
+                         m, torch.uint8, lead=1)
+    unc = None if unclipped is None else native.lanes(unclipped, m, torch.uint8)
+    order = [i for idxs in ranges.values() for i in idxs]
+    floors = [gain_floor(abs(v)) for v in specials]
+    clips = [x < 1 for x in ratios]
+    got = native.coarse(w_lanes, lscale, specials, floors, order, serve, own_i, unc, clips)
+    exact_at = got.exact_at[:m]
+    if bool((exact_at < r).all()):
+        # torch's loop stops before ratio k once every group is exact: offer only up to there
+        stop = int(exact_at.max()) + 1
+        if stop < r:
+            got = native.coarse(w_lanes, lscale[:stop].contiguous(), specials, floors, order,
+                                serve, own_i, unc, clips[:stop])
+    best = RunningBest()
+    best.err = got.err[:m].view(n, g)
+    best.state = {"ratio": rt[got.ratio[:m].long()].view(n, g, 1),
+                  "meta": got.meta[:m].long().view(n, g)}
+    return best
+
+
+def _native_refine(w_lanes: torch.Tensor, m: int,
+                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    error = native.refine_error(w_lanes)
+
+    def at(s: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+        n, g, _ = s.shape
+        return error(native.lanes(s, m, torch.float32),
+                     native.lanes(special, m, torch.float32))[:m].view(n, g)
+
+    return at
 
 
 class _Block:
