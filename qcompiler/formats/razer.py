@@ -34,24 +34,17 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from qcompiler.errors import QCompilerError
-from qcompiler.formats import fastround, razer_search
+from qcompiler.formats import fastround, razer_check, razer_search
 from qcompiler.formats.base import Encoded, Format, QTensor
 from qcompiler.formats.fp4 import (FP4_GRID, FP4_VALUES, NEG_ZERO_CODE, ambiguous_groups,
                                    codes_used)
 from qcompiler.formats.grid_format import SCALE_MODES, fit_scale, group_extremes, scale_snapper
+from qcompiler.formats.razer_search import special_ranges
 from qcompiler.formats.scale_search import (ErrorMeasure, RunningBest, clip_ratios, refine_steps,
                                             safe, stream_capturing, with_extra)
 
 RAZER_SPECIALS = (5.0, -5.0, 8.0, -8.0)
 FP4_MAX = 6.0
-
-
-def special_ranges(specials: tuple[float, ...]) -> dict[tuple[float, float], list[int]]:
-    """Group the special values by the grid range [lo, hi] they give (same range, same scale)."""
-    out: dict[tuple[float, float], list[int]] = {}
-    for i, v in enumerate(specials):
-        out.setdefault((max(FP4_MAX, v), -max(FP4_MAX, -v)), []).append(i)
-    return out
 
 
 def razer_codes(y: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
@@ -80,14 +73,16 @@ def search_special(wg: torch.Tensor, specials: tuple[float, ...], bits: int, sea
     (ratio >= 1, and a special range whose scale is the plain absmax / 6): NVFP4-RaZeR's blocks
     that set the global scale (nvfp4.py explains why).
 
-    On the CPU under weight MSE razer_search.py returns the same result with less work (it
+    On the CPU under weight MSE razer_search.py returns the same result with less work (its
+    loops in C where razer_check.py finds them bit-identical to its torch loops; it
     reads counts on the host, which a CUDA graph capture cannot: a capturing stream, on any
     device, takes this loop); this loop serves the rest.
     `elementwise_snap`: `snap` acts elementwise, so all ratios' scales can be snapped at once.
     """
     if not measure.uses_activations and wg.device.type == "cpu" and not stream_capturing():
         return razer_search.search(wg, specials, special_ranges(specials), bits, search, snap,
-                                   extra, unclipped, elementwise_snap)
+                                   extra, unclipped, elementwise_snap,
+                                   lib=razer_check.checked_lib())
     return dense_search(wg, specials, bits, search, measure, snap, extra, unclipped)
 
 

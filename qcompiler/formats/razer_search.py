@@ -23,33 +23,27 @@ clip ratios are snapped in one call when `snap` acts elementwise.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator
+import ctypes
+from typing import Callable
 
 import torch
 
 from qcompiler.formats.fp4 import FP4_GRID, FP4_MAGNITUDES
-from qcompiler.formats.native import razer as native
 from qcompiler.formats.grid_format import fit_scale, group_extremes
+from qcompiler.formats.native import razer as native
 from qcompiler.formats.scale_search import (RunningBest, clip_ratios, refine_steps, safe,
                                             with_extra)
 
 FP4_MAX = 6.0
 Range = tuple[float, float]
-_local = threading.local()
 
 
-@contextmanager
-def torch_path() -> Iterator[None]:
-    """Run the torch loop even where the C loop (native/razer_search.c) is available: the
-    reference that the C loop is checked against (native/razer_check.py, tests)."""
-    before = getattr(_local, "torch_only", False)
-    _local.torch_only = True
-    try:
-        yield
-    finally:
-        _local.torch_only = before
+def special_ranges(specials: tuple[float, ...]) -> dict[tuple[float, float], list[int]]:
+    """Group the special values by the grid range [lo, hi] they give (same range, same scale)."""
+    out: dict[tuple[float, float], list[int]] = {}
+    for i, v in enumerate(specials):
+        out.setdefault((max(FP4_MAX, v), -max(FP4_MAX, -v)), []).append(i)
+    return out
 
 
 def gain(a: torch.Tensor, dq2: torch.Tensor, v: float | torch.Tensor) -> torch.Tensor:
@@ -76,19 +70,22 @@ def gain_floor(m: float) -> float:
 def search(wg: torch.Tensor, specials: tuple[float, ...], ranges: dict[Range, list[int]],
            bits: int, search_mode: str, snap: Callable[[torch.Tensor], torch.Tensor],
            extra: tuple[float, ...] = (), unclipped: torch.Tensor | None = None,
-           elementwise_snap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           elementwise_snap: bool = False, lib: ctypes.CDLL | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """razer.py `search_special` under weight MSE (same arguments; `ranges` =
-    `special_ranges(specials)`): (scale [N, G, 1], special index [N, G] int64), same values."""
+    `special_ranges(specials)`): (scale [N, G, 1], special index [N, G] int64), same values.
+    `lib`: native/razer_search.c, checked (razer_check.py `checked_lib`), runs the loops over
+    groups where it supports the shape; None: the torch loops."""
     n, g, _ = wg.shape
-    c = _Candidates(wg, ranges, bits, search_mode, snap, extra, elementwise_snap)
+    c = Candidates(wg, ranges, bits, search_mode, snap, extra, elementwise_snap)
     inf = torch.tensor(float("inf"))
-    if _use_native(wg, specials):
+    if lib is not None and wg.numel() > 0 and native.supported(wg, specials):
         w_lanes = native.lanes_weights(wg)
-        best = _native_coarse(w_lanes, specials, ranges, c, unclipped)
-        refine_error = _native_refine(w_lanes, n * g)
+        best = coarse_native(lib, w_lanes, specials, ranges, c, unclipped)
+        refine_error = refine_native(lib, w_lanes, n * g)
     else:
-        blk = _Block(wg, c.ext)
-        best = _coarse(blk, specials, ranges, c, unclipped)
+        blk = Block(wg, c.ext)
+        best = coarse_torch(blk, specials, ranges, c, unclipped)
         refine_error = None
     meta = best["meta"]
     base = torch.zeros_like(c.plain)
@@ -98,7 +95,7 @@ def search(wg: torch.Tensor, specials: tuple[float, ...], ranges: dict[Range, li
     if search_mode != "rtn" and not best.exact():
         special = torch.tensor(specials, dtype=torch.float32)[meta].unsqueeze(-1)
         if refine_error is None:
-            refine_error = _torch_refine(wg, blk, special)
+            refine_error = refine_torch(wg, blk, special)
         for step in refine_steps(bits):
             center = best["ratio"]
             for d in (step, -step):
@@ -110,7 +107,7 @@ def search(wg: torch.Tensor, specials: tuple[float, ...], ranges: dict[Range, li
     return snap(base * best["ratio"]), meta
 
 
-class _Candidates:
+class Candidates:
     """What both loops search: the groups' extremes, plain FP4 scale and each range's base
     scale, which ranges' scales differ from the plain one (`own`), the roundings per ratio
     (`_layers`), the ratios (Python floats and float32) and the snapped scales of every ratio
@@ -137,8 +134,8 @@ class _Candidates:
         self.scales = {rng: snapped(self.bases[rng]) for rng in later}
 
 
-def _coarse(blk: _Block, specials: tuple[float, ...], ranges: dict[Range, list[int]],
-            c: _Candidates, unclipped: torch.Tensor | None) -> RunningBest:
+def coarse_torch(blk: Block, specials: tuple[float, ...], ranges: dict[Range, list[int]],
+            c: Candidates, unclipped: torch.Tensor | None) -> RunningBest:
     """The coarse loop in torch: every clip ratio x every special value, in offer order."""
     n, g = blk.amax.shape
     best = RunningBest()
@@ -161,7 +158,7 @@ def _coarse(blk: _Block, specials: tuple[float, ...], ranges: dict[Range, list[i
     return best
 
 
-def _torch_refine(wg: torch.Tensor, blk: _Block, special: torch.Tensor,
+def refine_torch(wg: torch.Tensor, blk: Block, special: torch.Tensor,
                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Error [N, G] at scales s [N, G, 1], each group with its special value [N, G, 1]; the
     special's gain counts on the elements of its sign."""
@@ -176,13 +173,8 @@ def _torch_refine(wg: torch.Tensor, blk: _Block, special: torch.Tensor,
     return error
 
 
-def _use_native(wg: torch.Tensor, specials: tuple[float, ...]) -> bool:
-    return (wg.numel() > 0 and not getattr(_local, "torch_only", False)
-            and native.supported(wg, specials) and native.lib() is not None)
-
-
-def _native_coarse(w_lanes: torch.Tensor, specials: tuple[float, ...],
-                   ranges: dict[Range, list[int]], c: _Candidates,
+def coarse_native(lib: ctypes.CDLL, w_lanes: torch.Tensor, specials: tuple[float, ...],
+                   ranges: dict[Range, list[int]], c: Candidates,
                    unclipped: torch.Tensor | None) -> RunningBest:
     """`_coarse` in C (native/razer_search.c), same errors, same offers, same result."""
     layers, own, ratios, rt, s_plain, scales = (c.layers, c.own, c.ratios, c.rt, c.s_plain,
@@ -208,14 +200,14 @@ def _native_coarse(w_lanes: torch.Tensor, specials: tuple[float, ...],
     order = [i for idxs in ranges.values() for i in idxs]
     floors = [gain_floor(abs(v)) for v in specials]
     clips = [x < 1 for x in ratios]
-    got = native.coarse(w_lanes, lscale, specials, floors, order, serve, own_i, unc, clips)
+    got = native.coarse(lib, w_lanes, lscale, specials, floors, order, serve, own_i, unc, clips)
     exact_at = got.exact_at[:m]
     if bool((exact_at < r).all()):
         # torch's loop stops before ratio k once every group is exact: offer only up to there
         stop = int(exact_at.max()) + 1
         if stop < r:
-            got = native.coarse(w_lanes, lscale[:stop].contiguous(), specials, floors, order,
-                                serve, own_i, unc, clips[:stop])
+            got = native.coarse(lib, w_lanes, lscale[:stop].contiguous(), specials, floors,
+                                order, serve, own_i, unc, clips[:stop])
     best = RunningBest()
     best.err = got.err[:m].view(n, g)
     best.state = {"ratio": rt[got.ratio[:m].long()].view(n, g, 1),
@@ -223,9 +215,10 @@ def _native_coarse(w_lanes: torch.Tensor, specials: tuple[float, ...],
     return best
 
 
-def _native_refine(w_lanes: torch.Tensor, m: int,
-                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    error = native.refine_error(w_lanes)
+def refine_native(lib: ctypes.CDLL, w_lanes: torch.Tensor, m: int,
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`refine_torch` in C, for groups laid out as lanes (native/razer.py)."""
+    error = native.refine_error(lib, w_lanes)
 
     def at(s: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
         n, g, _ = s.shape
@@ -235,7 +228,7 @@ def _native_refine(w_lanes: torch.Tensor, m: int,
     return at
 
 
-class _Block:
+class Block:
     """A block's groups [N, G, gs]: |w|, the positive-element mask, max |w| per group (from
     the groups' (max, min), exact; only compared with thresholds, so a zero's sign is moot)."""
 
@@ -249,7 +242,7 @@ class _Rounded:
     """The FP4 rounding of every group at its scale s [N, G, 1]: a = |w| / s, dq2, the plain
     error and s^2 [N, G]."""
 
-    def __init__(self, blk: _Block, s: torch.Tensor) -> None:
+    def __init__(self, blk: Block, s: torch.Tensor) -> None:
         div = safe(s)
         self.a = blk.absw / div
         self.dq2 = FP4_GRID.magnitude_error(self.a).square_()
@@ -257,7 +250,7 @@ class _Rounded:
         self.s2 = s[..., 0].square()
         self.amax_y = blk.amax / div[..., 0]  # = max of a per group: division is monotone
 
-    def gains(self, blk: _Block, v: float, users: torch.Tensor,
+    def gains(self, blk: Block, v: float, users: torch.Tensor,
               ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(gain on positive elements, total gain) of |v| per group; None when it is 0 for
         every group in `users` [N, G] bool (`gain_floor`)."""
@@ -286,7 +279,7 @@ def _layers(ranges: dict[Range, list[int]], own: dict[Range, torch.Tensor],
     return layers
 
 
-def _ratio_errors(blk: _Block, specials: tuple[float, ...], ranges: dict[Range, list[int]],
+def _ratio_errors(blk: Block, specials: tuple[float, ...], ranges: dict[Range, list[int]],
                   layers: list[dict[Range, torch.Tensor]], s_plain: torch.Tensor,
                   scales: dict[Range, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Error [N, G] of every special value at its range's scale for one clip ratio."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from qcompiler import formats
-from qcompiler.formats import razer_search
+from qcompiler.formats import razer_check, razer_search
 from qcompiler.formats.fp4 import FP4_GRID
 from qcompiler.formats.fp8 import E3M3
 from qcompiler.formats.native import build
@@ -30,7 +30,8 @@ from golden_cases import GOLDEN, cases, digest, run_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-needs_native = pytest.mark.skipif(native.lib() is None,
+LIB = razer_check.checked_lib()
+needs_native = pytest.mark.skipif(LIB is None,
                                   reason="no C compiler here (or QC_NATIVE=0): torch loop only")
 SPECIAL_SETS = [RAZER_SPECIALS, (5.0,), (-8.0, 8.0), (7.0, 10.0, -0.3), (8.0, 5.0, -5.0),
                 (-7.5, -12.0, 2.5, 9.0)]
@@ -46,9 +47,8 @@ def heavy(seed: int, n: int, groups: int, gs: int) -> torch.Tensor:
 
 def both(wg, specials, *args):
     ranges = special_ranges(specials)
-    got = razer_search.search(wg, specials, ranges, 4, *args)
-    with razer_search.torch_path():
-        want = razer_search.search(wg, specials, ranges, 4, *args)
+    got = razer_search.search(wg, specials, ranges, 4, *args, lib=LIB)
+    want = razer_search.search(wg, specials, ranges, 4, *args)
     return got, want
 
 
@@ -100,7 +100,7 @@ def test_realistic_weight_same_bytes(name):
     w = realistic_weight((256, 1024))
     fmt = formats.get(name)
     q = fmt.quantize(w)
-    with razer_search.torch_path():
+    with razer_check.torch_loop():
         ref = fmt.quantize(w)
     for key, t in ref.tensors().items():
         assert torch.equal(q.tensors()[key], t), key
@@ -112,7 +112,7 @@ def test_torch_loop_keeps_the_golden_bytes(name):
     import json
 
     expected = json.loads(GOLDEN.read_text())
-    with razer_search.torch_path():
+    with razer_check.torch_loop():
         wrong = [cid for cid, fmt, spec in cases()
                  if fmt == name and digest(run_case(fmt, spec)) != expected[cid]]
     assert not wrong, f"{len(wrong)} case(s) changed bytes, first: {wrong[:3]}"
@@ -120,7 +120,7 @@ def test_torch_loop_keeps_the_golden_bytes(name):
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("QC_NATIVE", "0")
-    assert native._load_checked() is None
+    assert native.load() is None
 
 
 def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
@@ -135,14 +135,14 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
 def test_c_loop_is_used_where_a_compiler_exists():
     """With a compiler the C loop must build and pass its self-check against torch (else every
     comparison above would skip and the formats would quietly run 3x slower)."""
-    assert native.lib() is not None
+    assert LIB is not None
 
 
 @pytest.mark.skipif(build.compiler() is None, reason="no C compiler on PATH")
 def test_self_check_passes_here():
-    from qcompiler.formats.native.razer_check import matches_torch
-
-    assert native.lib() is not None and matches_torch()
+    """The check itself, not its marker from an earlier process."""
+    so = native.load()
+    assert so is not None and razer_check.matches_torch(so)
 
 
 @pytest.mark.skipif(build.compiler() is None, reason="no C compiler on PATH")
@@ -155,11 +155,9 @@ def test_self_check_passes_here():
     # dq2 - d * d as one rounding (what a fused multiply-add would do)
     ("float x = r->dq2[e][l] - d * d;", "float x = (float)((double)r->dq2[e][l] - (double)d * d);"),
 ])
-def test_self_check_rejects_a_c_loop_that_sums_differently(tmp_path, monkeypatch, mutation):
+def test_self_check_rejects_a_c_loop_that_sums_differently(tmp_path, mutation):
     """The check is what keeps the bytes machine-independent: it must notice an ulp."""
     import ctypes
-
-    from qcompiler.formats.native.razer_check import matches_torch
 
     old, new = mutation
     text = (build.SOURCE_DIR / "razer_search.c").read_text()
@@ -168,5 +166,4 @@ def test_self_check_rejects_a_c_loop_that_sums_differently(tmp_path, monkeypatch
     src.write_text(text.replace(old, new))
     assert build._build(build.compiler(), src, tmp_path / "mutant.so")
     mutant = native.bind(ctypes.CDLL(str(tmp_path / "mutant.so")))
-    monkeypatch.setitem(native._state, "lib", mutant)
-    assert not matches_torch()
+    assert not razer_check.matches_torch(mutant)

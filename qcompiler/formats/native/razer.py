@@ -1,22 +1,17 @@
 """ctypes bindings of razer_search.c: RaZeR's weight-MSE search over groups in C.
 
 razer_search.py decides what to search (ratios, layers of scales, bans) and keeps the torch
-path; this module lays the block out for the C loop (groups as lanes, padded to LANES), calls
-it, and says whether it may be used here at all: `lib()` builds the library once and checks it
-against the torch path (razer_check.py: every group's errors, bit for bit). Any difference
-(another CPU whose torch sums in another order, a compiler that fuses multiply-adds) and the
-torch path is used, with a warning: the bytes never depend on which path ran. A passed check
-leaves a marker beside the library, keyed by the torch build and the reference sources, so
-later processes skip it.
+loop; this module loads the library (build.py), lays a block out for the C loop (groups as
+lanes, padded to LANES) and calls it. Whether the library may be used at all is razer_check.py's
+decision: it compares every group's errors with the torch loop's, bit for bit, once per
+library and torch build.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
 import os
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -24,17 +19,9 @@ import torch
 
 from qcompiler.formats.native import build
 
-log = logging.getLogger(__name__)
-
 LANES = 16  # razer_search.c LANES
-GROUP_SIZES = (16, 32, 64, 128)  # checked against torch by `lib`; others take the torch path
+GROUP_SIZES = (16, 32, 64, 128)  # checked against torch (razer_check.py); others: torch loop
 MAX_SPECIALS = 16
-# the torch loop the C loop is checked against, and the check: a change to any of them re-runs it
-REFERENCE_SOURCES = ("razer_search.py", "fastround.py", "grid.py", "scale_search.py",
-                     "native/razer_check.py", "native/razer.py")
-
-_lock = threading.RLock()  # the self-check calls lib() from inside lib()
-_state: dict[str, ctypes.CDLL | None] = {}
 
 _f32p = ctypes.POINTER(ctypes.c_float)
 _i32p = ctypes.POINTER(ctypes.c_int32)
@@ -46,40 +33,26 @@ def supported(wg: torch.Tensor, specials: tuple[float, ...]) -> bool:
             and wg.shape[-1] in GROUP_SIZES and 0 < len(specials) <= MAX_SPECIALS)
 
 
-def lib() -> ctypes.CDLL | None:
-    """The checked library, or None: then razer_search.py runs its torch loop."""
-    with _lock:
-        if "lib" not in _state:
-            _state["lib"] = _load_checked()
-        return _state["lib"]
-
-
-def _load_checked() -> ctypes.CDLL | None:
+def load() -> ctypes.CDLL | None:
+    """razer_search.c built and bound (build.py), NOT yet checked: razer_check.py checks it
+    against the torch loop before any format uses it. None without a compiler or with
+    QC_NATIVE=0."""
     if os.environ.get("QC_NATIVE", "1") == "0":
         return None
     so = build.load("razer_search.c")
-    if so is None:
-        return None
-    bind(so)
-    marker = Path(f"{so._name}.checked-{_check_key()}")
-    if marker.exists():
-        return so
-    _state["lib"] = so  # the self-check below runs the native path
-    try:
-        from qcompiler.formats.native.razer_check import matches_torch
-        ok = matches_torch()
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not use it
-        log.warning("native RaZeR search failed its self-check (%s): using the torch path", exc)
-        ok = False
-    if not ok:
-        log.warning("native RaZeR search differs from torch on this machine: using the torch "
-                    "path (same bytes, slower)")
-        return None
-    try:
-        marker.touch()
-    except OSError:
-        pass  # read-only cache: the check runs again in the next process
-    return so
+    return None if so is None else bind(so)
+
+
+def check_marker(so: ctypes.CDLL, reference_sources: list[Path]) -> Path:
+    """The file whose existence says `so` passed the check against these torch-loop sources
+    under this torch build (the library's own name already hashes its source, flags, compiler
+    and CPU): later processes skip the check."""
+    h = hashlib.sha256()
+    h.update(f"{torch.__version__} {torch.version.git_version} "
+             f"{torch.backends.cpu.get_cpu_capability()}".encode())
+    for path in reference_sources:
+        h.update(path.read_bytes())
+    return Path(f"{so._name}.checked-{h.hexdigest()[:16]}")
 
 
 def bind(so: ctypes.CDLL) -> ctypes.CDLL:
@@ -91,20 +64,6 @@ def bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.razer_refine.restype = ctypes.c_int
     so.razer_refine.argtypes = [_f32p, ctypes.c_int64, ctypes.c_int, _f32p, _f32p, _f32p]
     return so
-
-
-def _check_key() -> str:
-    """What the self-check's verdict depends on besides the library (whose name already hashes
-    its source, flags, compiler and CPU): the torch build and the torch loop's source files."""
-    from qcompiler import formats
-
-    h = hashlib.sha256()
-    h.update(f"{torch.__version__} {torch.version.git_version} "
-             f"{torch.backends.cpu.get_cpu_capability()}".encode())
-    root = Path(formats.__file__).resolve().parent
-    for name in REFERENCE_SOURCES:
-        h.update((root / name).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _ptr(t: torch.Tensor, kind):
@@ -142,13 +101,12 @@ class Coarse:
         self.err, self.ratio, self.meta, self.exact_at = err, ratio, meta, exact_at
 
 
-def coarse(w_lanes: torch.Tensor, scales: torch.Tensor, specials: tuple[float, ...],
-           floors: list[float], order: list[int], serve: torch.Tensor, own: torch.Tensor,
+def coarse(so: ctypes.CDLL, w_lanes: torch.Tensor, scales: torch.Tensor,
+           specials: tuple[float, ...], floors: list[float], order: list[int],
+           serve: torch.Tensor, own: torch.Tensor,
            unclipped: torch.Tensor | None, clips: list[bool]) -> Coarse:
     """razer_search.c `razer_coarse`: scales [R, layers, M] float32, serve [layers, S, M] and
     own [S, M] uint8, unclipped [M] uint8 or None."""
-    so = lib()
-    assert so is not None
     blocks, gs, _ = w_lanes.shape
     m = blocks * LANES
     ratios, layers, _ = scales.shape
@@ -171,10 +129,9 @@ def coarse(w_lanes: torch.Tensor, scales: torch.Tensor, specials: tuple[float, .
     return Coarse(err, ratio, meta, exact_at)
 
 
-def refine_error(w_lanes: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def refine_error(so: ctypes.CDLL, w_lanes: torch.Tensor,
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Function (scale [M], special value [M]) -> error [M] (razer_search.c `razer_refine`)."""
-    so = lib()
-    assert so is not None
     blocks, gs, _ = w_lanes.shape
 
     def error(s: torch.Tensor, special: torch.Tensor) -> torch.Tensor:

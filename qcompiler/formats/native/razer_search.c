@@ -5,13 +5,13 @@
  * all its candidates. The numbers must be the same bits as the torch path's, so this file does
  * the same IEEE float32 operations in the same order:
  *   - built with -ffp-contract=off and without -ffast-math: no fused multiply-add, no
- *     reassociation (native_build.py);
+ *     reassociation (build.py);
  *   - a group's `sum(-1)` is torch's CPU inner sum: 8-float chunks, chunk c added into
  *     accumulator c % 4, the accumulators added in order, then their 8 lanes one by one onto 0
  *     (`tsum`);
  *   - `einsum("ngi,ngi->ng")` is torch's small batched matmul: products added one by one onto 0
  *     (`seqdot`).
- * native_search.py checks both against torch on this machine before it uses this file at all.
+ * razer_check.py checks this file against torch on each machine before any format uses it.
  *
  * Layout: groups are processed LANES at a time (lanes = groups, so every reduction is a vertical
  * add and the compiler vectorizes across groups). The caller passes the weights transposed as
@@ -219,7 +219,8 @@ int razer_coarse(const float *w, int64_t blocks, int gs, int ratios, int layers,
                 int i = order[j];
                 for (int l = 0; l < LANES; l++) {
                     float err = errs[i][l];
-                    if (unclipped && unclipped[base + l] && (own[i * groups + base + l] || clips[k]))
+                    if (unclipped && unclipped[base + l]
+                        && (own[i * groups + base + l] || clips[k]))
                         err = INFINITY;
                     if (first || err < berr[l]) {
                         berr[l] = err;
