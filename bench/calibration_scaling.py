@@ -35,7 +35,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -43,10 +42,16 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import row_machine  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "calibration_scaling.md"
 ROWS = ROOT / "bench" / "results" / "calibration_scaling.json"
 LAYERWISE_ROWS = ROOT / "bench" / "results" / "calibration_scaling_layerwise.json"
+# what the file said of its machine before rows recorded their own (render of 2026-12-03)
+LEGACY_MACHINE = ("the file's last render before then named x86_64, 2 CPUs, Linux "
+                  "6.18.44-fc-v1098; Python 3.11.7, torch 2.13.0+cpu, transformers 5.24.0")
 SIZES = {"0.1B": (768, 2048, 12, 12, 4), "0.5B": (1536, 4096, 16, 12, 4)}
 VOCAB, SAMPLES, SEQLEN = 32000, 32, 512
 TARGET_MIN = {"clip": 15, "gptq": 45}  # the limits for 0.5B, minutes
@@ -113,24 +118,18 @@ def measure(size: str, pass_name: str, fmt: str) -> dict:
     return {"size": size, "pass": pass_name, "format": fmt, "wall_s": round(wall, 1),
             "peak_rss_mib": round(rss_kb / 1024), "cpu_s": round(cpu, 1), **info,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0], "machine": row_machine.describe()}
 
 
 def render(rows: list[dict]) -> str:
-    import torch
-    import transformers
-
     lines = [
         "# Calibration scaling: clip and gptq on random-weight Llama models", "",
         f"Command: `python bench/calibration_scaling.py` (see its docstring); {SAMPLES} "
         f"calibration sequences x {SEQLEN} tokens (random ids, seeded), each pass in a fresh "
         "process under `/usr/bin/time -v`, then lower-datatype packing the planned codes.", "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}),"
-        f" {platform.system()} {platform.release()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}. The CPUs were "
-        "may be shared with other jobs: the load average is recorded per row (about 2 = this "
-        "job alone on the 2 CPUs; more means the times are upper bounds). Peak RSS does not "
-        "depend on the load.", "",
+        row_machine.line(rows, LEGACY_MACHINE) + " The CPUs may be shared with other jobs: the "
+        "load average is recorded per row (about 2 = this job alone on the 2 CPUs; more means "
+        "the times are upper bounds). Peak RSS does not depend on the load.", "",
         "Memory columns: `capture peak` is the process's peak RSS by the end of building and "
         "capturing the model, `after capture` its RSS then (the fp32 weights, which the "
         "exported program shares with the HF module, plus about 0.5 GB of Python, torch and "

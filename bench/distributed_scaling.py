@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import row_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ROOT / "bench" / "results" / "calibration_scaling_distributed.json"
@@ -115,13 +116,12 @@ def measure(size: str, pass_name: str, fmt: str, nproc: int, samples: int,
     return {"size": size, "pass": pass_name, "format": fmt, "nproc": nproc,
             "samples": samples, "seqlen": seqlen, "wall_s": round(wall, 1), **info,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": row_machine.describe(),
             "load": os.getloadavg()[0]}
 
 
 def render(rows: list[dict]) -> list[str]:
     """The table for calibration_scaling.md, with the speed-up of each N-process row."""
-    import torch
-
     lines = [
         "## Calibration over several processes (torch.distributed, gloo)", "",
         "Command: `python bench/calibration_scaling.py --nproc 2 [--passes P --samples S "
@@ -130,8 +130,8 @@ def render(rows: list[dict]) -> list[str]:
         "process with one thread, and as N ranks launched as `qcompile --nproc N` does "
         "(CPUs/N threads each), every process under `nice -n 10`; docs/DISTRIBUTED.md says "
         "what is split. Capture is not split (each rank captures the model).", "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}. "
+        row_machine.line(rows, "x86_64, 2 CPUs, Linux 6.18.44-fc-v1098, Python 3.11.7, torch "
+                         "2.13.0+cpu at the file's last render before then") + " "
         "The machine was shared with other jobs while these ran (load average per row; 2 = "
         "idle for 2 CPUs), so the seconds are upper bounds and only the ratios mean something. "
         "Under such load a process with 2 threads loses far more than two 1-thread processes "

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import row_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("QC_BENCH_CACHE", "/tmp/qcompiler-bench"))
 SHAPES = {"0.5B": (1536, 4096, 16, 12, 4, 32000), "1B": (2048, 8192, 16, 32, 8, 128256),
@@ -150,7 +152,7 @@ def measure(size: str, fmt: str, samples: int, seqlen: int, layers: int | None,
            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_mib": round(rss_kb / 1024),
            **info, **budget(size, samples, seqlen, info["packed_bytes"]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "load": os.getloadavg()[0]}
+           "load": os.getloadavg()[0], "machine": row_machine.describe()}
     row["met"] = rss_kb * 1024 <= row["budget"]
     return row
 
@@ -181,6 +183,9 @@ def render(rows: list[dict]) -> list[str]:
         "own storage) and output-error group scales (passes/gptq.py): more CPU, the same "
         "buffers.",
         "",
+        row_machine.line(rows, "the same 2-CPU x86_64 machines as the rows above") + " A row's "
+        "`note` in calibration_scaling_layerwise.json, if any, follows the table.",
+        "",
         "| size | layers | format | S x L | mode | peak RSS (MiB) | budget (MiB) | met | layer "
         "fp32 (MiB) | packed (MiB) | gptq (s) | wall (s) | CPU (s) | load | date |",
         "|---" * 15 + "|",
@@ -195,6 +200,9 @@ def render(rows: list[dict]) -> list[str]:
             f"| {r['layer_fp32'] / mib:.0f} | {r['packed_bytes'] / mib:.0f} | {r['gptq_s']} "
             f"| {r['wall_s']} | {r['cpu_s']} | {r['load']:.1f} | {r['date']} |")
     lines.append("")
+    for r in rows:
+        if r.get("note"):
+            lines += [f"The {r['size']} row of {r['date']}: {r['note']}", ""]
     return lines
 
 
