@@ -93,13 +93,17 @@ def test_all_zero_weight():
 
 @needs_native
 @pytest.mark.parametrize("name", ["nvfp4-razer", "razer4"])
-def test_realistic_weight_same_bytes(name):
-    """The speed bench's weight (outlier channels), 256 rows: every packed byte equal."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_realistic_weight_same_bytes(name, threads):
+    """The speed bench's weight (outlier channels), 256 rows: every packed byte equal, also
+    with the C loop's blocks split between 2 threads."""
     from quantizer_speed import realistic_weight
 
     w = realistic_weight((256, 1024))
     fmt = formats.get(name)
+    torch.set_num_threads(threads)  # the format tests' fixture restores 1
     q = fmt.quantize(w)
+    torch.set_num_threads(1)
     with razer_check.torch_loop():
         ref = fmt.quantize(w)
     for key, t in ref.tensors().items():

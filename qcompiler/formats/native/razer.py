@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,8 @@ from qcompiler.formats.native import build
 LANES = 16  # razer_search.c LANES
 GROUP_SIZES = (16, 32, 64, 128)  # checked against torch (razer_check.py); others: torch loop
 MAX_SPECIALS = 16
+MIN_BLOCKS_PER_THREAD = 64  # 1024 groups: below that a thread costs more than it saves
+_POOL: ThreadPoolExecutor | None = None
 
 _f32p = ctypes.POINTER(ctypes.c_float)
 _i32p = ctypes.POINTER(ctypes.c_int32)
@@ -58,11 +61,11 @@ def check_marker(so: ctypes.CDLL, reference_sources: list[Path]) -> Path:
 def bind(so: ctypes.CDLL) -> ctypes.CDLL:
     """Declare razer_search.c's signatures on a loaded library."""
     so.razer_coarse.restype = ctypes.c_int
-    so.razer_coarse.argtypes = [_f32p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                _f32p, ctypes.c_int, _f32p, _f32p, _i32p, _u8p, _u8p, _u8p,
-                                _u8p, _f32p, _i32p, _i32p, _i32p]
+    i64, i32 = ctypes.c_int64, ctypes.c_int
+    so.razer_coarse.argtypes = [_f32p, i64, i64, i64, i32, i32, i32, _f32p, i32, _f32p, _f32p,
+                                _i32p, _u8p, _u8p, _u8p, _u8p, _f32p, _i32p, _i32p, _i32p]
     so.razer_refine.restype = ctypes.c_int
-    so.razer_refine.argtypes = [_f32p, ctypes.c_int64, ctypes.c_int, _f32p, _f32p, _f32p]
+    so.razer_refine.argtypes = [_f32p, i64, i64, i64, i32, _f32p, _f32p, _f32p]
     return so
 
 
@@ -119,12 +122,15 @@ def coarse(so: ctypes.CDLL, w_lanes: torch.Tensor, scales: torch.Tensor,
     ordr = torch.tensor(order, dtype=torch.int32)
     clip = torch.tensor(clips, dtype=torch.uint8)
     unc = None if unclipped is None else _ptr(unclipped, _u8p)
-    rc = so.razer_coarse(_ptr(w_lanes, _f32p), blocks, gs, ratios, layers, _ptr(scales, _f32p),
-                         len(specials), _ptr(spec, _f32p), _ptr(flo, _f32p), _ptr(ordr, _i32p),
-                         _ptr(serve, _u8p), _ptr(own, _u8p), unc, _ptr(clip, _u8p),
-                         _ptr(err, _f32p), _ptr(ratio, _i32p), _ptr(meta, _i32p),
-                         _ptr(exact_at, _i32p))
-    if rc != 0:
+
+    def part(lo: int, hi: int) -> int:
+        return so.razer_coarse(_ptr(w_lanes, _f32p), blocks, lo, hi, gs, ratios, layers,
+                               _ptr(scales, _f32p), len(specials), _ptr(spec, _f32p),
+                               _ptr(flo, _f32p), _ptr(ordr, _i32p), _ptr(serve, _u8p),
+                               _ptr(own, _u8p), unc, _ptr(clip, _u8p), _ptr(err, _f32p),
+                               _ptr(ratio, _i32p), _ptr(meta, _i32p), _ptr(exact_at, _i32p))
+
+    if _split(blocks, part) != 0:
         raise ValueError(f"razer_coarse rejected group size {gs} or {len(specials)} specials")
     return Coarse(err, ratio, meta, exact_at)
 
@@ -138,10 +144,33 @@ def refine_error(so: ctypes.CDLL, w_lanes: torch.Tensor,
         s = s.contiguous()
         special = special.contiguous()
         out = torch.empty(blocks * LANES, dtype=torch.float32)
-        rc = so.razer_refine(_ptr(w_lanes, _f32p), blocks, gs, _ptr(s, _f32p),
-                             _ptr(special, _f32p), _ptr(out, _f32p))
-        if rc != 0:
+
+        def part(lo: int, hi: int) -> int:
+            return so.razer_refine(_ptr(w_lanes, _f32p), blocks, lo, hi, gs, _ptr(s, _f32p),
+                                   _ptr(special, _f32p), _ptr(out, _f32p))
+
+        if _split(blocks, part) != 0:
             raise ValueError(f"razer_refine rejected group size {gs}")
         return out
 
     return error
+
+
+def _split(blocks: int, part: Callable[[int, int], int]) -> int:
+    """Run `part(lo, hi)` over [0, blocks) in torch.get_num_threads() contiguous pieces at once
+    (ctypes releases the GIL during the call; each block is independent, so the result is the
+    same bytes for any split); 0 when every piece returned 0."""
+    pieces = max(1, min(torch.get_num_threads(), blocks // MIN_BLOCKS_PER_THREAD))
+    if pieces == 1:
+        return part(0, blocks)
+    bounds = [blocks * i // pieces for i in range(pieces + 1)]
+    futures = [_pool().submit(part, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return max(abs(f.result()) for f in futures)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                   thread_name_prefix="qcompiler-razer")
+    return _POOL

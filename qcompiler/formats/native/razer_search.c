@@ -143,7 +143,9 @@ static void gains(const rounded_t *r, int gs, float v, lanes_t *g) {
         }
 }
 
-/* The coarse search (razer_search.py `search`, the loop over ratios) for `blocks` blocks.
+/* The coarse search (razer_search.py `search`, the loop over ratios) for blocks
+ * [first_block, end_block) of `blocks` (callers split the blocks between threads; every block is
+ * independent of the others).
  *
  * scales [ratios][layers][groups]: the scale each layer rounds at (layer 0: the plain FP4
  * scale; razer_search.py `_layers`); serve [layers][specials][groups]: layer li (> 0) gives
@@ -154,19 +156,21 @@ static void gains(const rounded_t *r, int gs, float v, lanes_t *g) {
  * Out per group: the best error, its ratio index and special index, and the first ratio index
  * after which the best error is 0 (`ratios` if never).
  * Returns 0, or -1 when a size is out of range. */
-int razer_coarse(const float *w, int64_t blocks, int gs, int ratios, int layers,
+int razer_coarse(const float *w, int64_t blocks, int64_t first_block, int64_t end_block,
+                 int gs, int ratios, int layers,
                  const float *scales, int nspecial, const float *specials, const float *floors,
                  const int32_t *order, const uint8_t *serve, const uint8_t *own,
                  const uint8_t *unclipped, const uint8_t *clips, float *best_err,
                  int32_t *best_ratio, int32_t *best_meta, int32_t *exact_at) {
-    if (gs < 8 || gs > MAX_GS || gs % 8 || nspecial < 1 || nspecial > MAX_SPECIALS)
+    if (gs < 8 || gs > MAX_GS || gs % 8 || nspecial < 1 || nspecial > MAX_SPECIALS
+        || first_block < 0 || end_block > blocks || first_block > end_block)
         return -1;
     const int64_t groups = blocks * LANES;
     block_t blk;
     rounded_t rd;
     lanes_t g[MAX_GS];
     float errs[MAX_SPECIALS][LANES];
-    for (int64_t bi = 0; bi < blocks; bi++) {
+    for (int64_t bi = first_block; bi < end_block; bi++) {
         const int64_t base = bi * LANES;
         load_block(w + bi * gs * LANES, gs, &blk);
         float berr[LANES];
@@ -245,15 +249,18 @@ int razer_coarse(const float *w, int64_t blocks, int gs, int ratios, int layers,
 
 /* The error of one candidate per group in the local steps (razer_search.py `search`, after
  * the coarse loop): scale s and special value per group; the special's gain counts on the
- * elements of its sign. Returns 0, or -1 when gs is out of range. */
-int razer_refine(const float *w, int64_t blocks, int gs, const float *s, const float *special,
-                 float *err) {
-    if (gs < 8 || gs > MAX_GS || gs % 8) return -1;
+ * elements of its sign. Blocks [first_block, end_block) of `blocks`. Returns 0, or -1 when a
+ * size is out of range. */
+int razer_refine(const float *w, int64_t blocks, int64_t first_block, int64_t end_block, int gs,
+                 const float *s, const float *special, float *err) {
+    if (gs < 8 || gs > MAX_GS || gs % 8 || first_block < 0 || end_block > blocks
+        || first_block > end_block)
+        return -1;
     block_t blk;
     rounded_t rd;
     lanes_t g[MAX_GS];
     lanes_t match[MAX_GS];
-    for (int64_t bi = 0; bi < blocks; bi++) {
+    for (int64_t bi = first_block; bi < end_block; bi++) {
         const int64_t base = bi * LANES;
         load_block(w + bi * gs * LANES, gs, &blk);
         round_block(&blk, gs, s + base, &rd);
