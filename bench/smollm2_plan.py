@@ -33,7 +33,8 @@ class Row:
     """One table row: a weight format and method, optionally activations / KV quantized."""
 
     format: str
-    method: str  # rtn, clip, awq, gptq, F-max, pot-refine, w4a8, smooth, aqas, kv4, GPTQ_VARIANTS
+    method: str  # rtn, clip, awq, gptq, F-max, F-max-prev, pot-refine, w4a8, smooth, aqas, kv4,
+    # or one of GPTQ_VARIANTS
     act: str | None = None  # activation format (W4A8 rows)
     kv: str | None = None  # KV-cache format
     tier: int = 4
@@ -90,6 +91,9 @@ def pipeline(row: Row) -> str:
         body = f"canonicalize,dce,fold-norms,gptq{{{q},{GPTQ_VARIANTS[m]}}},{lower(f)}"
     elif m == "F-max":
         body = f"canonicalize,dce,fold-norms,rotate{{kind=hadamard}},gptq{{{q}}},{lower(f)}"
+    elif m == "F-max-prev":  # F-max with GPTQ's previous defaults: rotation's share, apart
+        body = (f"canonicalize,dce,fold-norms,rotate{{kind=hadamard}},"
+                f"gptq{{{q},{GPTQ_VARIANTS['gptq-prev']}}},{lower(f)}")
     elif m == "pot-refine":
         body = f"canonicalize,dce,pot-refine{{{q}}},{lower(f)}"
     elif m == "smooth":
@@ -142,6 +146,9 @@ def rows() -> list[Row]:
     rest = [Row(f, "rtn") for f in WEIGHT_FORMATS]
     rest += [Row(f, "pot-refine") for f in ("pot2", "pot4")]
     rest += [Row(f, m) for m in ("clip", "F-max", "gptq", "awq") for f in WEIGHT_FORMATS]
+    # rotation with GPTQ's previous defaults, where F-max lost to GPTQ alone (the FP grids)
+    # and where it won (int4-sym, int3): does rotation or the new GPTQ defaults decide it?
+    rest += [Row(f, "F-max-prev") for f in ("razer4", "fp4", "nvfp4", "int4-sym", "int3")]
     out += [r for r in rest if r.key not in seen and not seen.add(r.key)]
     return out
 

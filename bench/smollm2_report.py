@@ -59,7 +59,8 @@ GPTQ_NOTE = (
     "group scales (`search=output-mse`: each group's scale minimises the output error its "
     "block of the Hessian predicts); `gptq-prev` is the default before (no act-order, "
     "weight-error scales), run before the change; `gptq-act-order` and `gptq-output-mse` "
-    "(razer4) each have one half of the change. Every row's exact options: Pipelines below.")
+    "(razer4) each have one half of the change; `F-max-prev` is F-max (rotation + GPTQ) with "
+    "GPTQ's previous defaults. Every row's exact options: Pipelines below.")
 
 
 def headline(by: dict[str, dict]) -> list[str]:
@@ -67,7 +68,7 @@ def headline(by: dict[str, dict]) -> list[str]:
     the table at a glance (README quotes it). A blank cell: that row was not run."""
     weight_only = [r for r in by.values() if r.get("runs") and not r.get("act")
                    and not r.get("kv")]
-    methods = [m for m in plan.METHODS + ("gptq-prev", "pot-refine")
+    methods = [m for m in plan.METHODS + ("gptq-prev", "F-max-prev", "pot-refine")
                if any(r["method"] == m for r in weight_only)]
     fmts = list(plan.CLAIM_FORMATS) + [f for f in plan.WEIGHT_FORMATS
                                        if f not in plan.CLAIM_FORMATS]
