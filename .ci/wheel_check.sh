@@ -22,8 +22,9 @@ assert "site-packages" in qcompiler.__file__, qcompiler.__file__
 model = qcompiler.load("out")
 logits = model(torch.tensor([[1, 2, 3]]))
 assert logits.shape[-1] > 0 and torch.isfinite(logits).all()
-from qcompiler.formats.native import build, razer
+from qcompiler.formats import razer_check
+from qcompiler.formats.native import build
 # the C source ships in the wheel and passes its self-check wherever there is a compiler
-assert build.compiler() is None or razer.lib() is not None, "native RaZeR loop unusable"
+assert build.compiler() is None or razer_check.checked_lib() is not None, "C RaZeR loop unusable"
 print("wheel check: ok,", qcompiler.__file__)
 PY
