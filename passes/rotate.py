@@ -159,16 +159,14 @@ class Rotate(Pass):
     def _online_downs(self, program: Program, stream: ResidualStream) -> dict[str, fx.Node]:
         downs: dict[str, fx.Node] = {}
         for layer in decoder_layers(program, stream):
-            down = layer.get("down")
-            if down is None:
-                continue
-            target = str(down.args[1].target)
-            k = int(program.get_tensor(target).shape[-1])
-            if not has_hadamard(k):
-                self._fail(f"online-down needs a Hadamard matrix of order {k} (the input size "
-                           f"of {target.removesuffix('.weight')}), which is not known; "
-                           "use online-down=false")
-            downs[target] = down
+            for down in layer.downs():  # one per MoE expert
+                target = str(down.args[1].target)
+                k = int(program.get_tensor(target).shape[-1])
+                if not has_hadamard(k):
+                    self._fail(f"online-down needs a Hadamard matrix of order {k} (the input "
+                               f"size of {target.removesuffix('.weight')}), which is not "
+                               "known; use online-down=false")
+                downs[target] = down
         return downs
 
     def _fail(self, message: str) -> NoReturn:

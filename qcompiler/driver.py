@@ -252,6 +252,8 @@ def capture_streaming(directory: Path) -> Program:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
+    from qcompiler import moe
+    from qcompiler.checkpoint_keys import CheckpointKeys, checkpoint_index
     from qcompiler.errors import first_line
     from qcompiler.torch_capture import capture_hf_model, hf_kind
 
@@ -266,7 +268,7 @@ def capture_streaming(directory: Path) -> Program:
     auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
     with _parameters_on_meta():
         hf = auto.from_config(config, dtype=torch.float32)
-    prefix = getattr(hf, "base_model_prefix", "")
+    keys = CheckpointKeys(hf, index)
     names_of: dict[int, list[str]] = {}
     params: dict[int, torch.nn.Parameter] = {}
     for name, param in hf.named_parameters(remove_duplicate=False):
@@ -275,12 +277,12 @@ def capture_streaming(directory: Path) -> Program:
     sources: dict[str, list[str]] = {}
     standins: dict[int, torch.nn.Parameter] = {}
     for pid, names in names_of.items():  # tied parameters share one checkpoint tensor
-        key = next((k for k in (_checkpoint_key(n, prefix, index) for n in names) if k), None)
-        if key is None:
+        source = next((s for s in (keys.source(n) for n in names) if s), None)
+        if source is None:
             raise CaptureError(f"cannot stream {directory}: the checkpoint has no tensor for "
-                               f"{names[0]}; compile without streaming (stream=False)")
+                               f"{names[0]}; compile without streaming (--no-stream)")
         for name in names:
-            sources[name] = [index[key][0], key]
+            sources[name] = source
         standins[pid] = torch.nn.Parameter(_standin(params[pid]), requires_grad=False)
     for module in hf.modules():
         for attr, param in list(module._parameters.items()):
@@ -291,34 +293,8 @@ def capture_streaming(directory: Path) -> Program:
     program.meta["lazy_tensors"] = {
         name: src for name, src in sources.items() if program.has_tensor(name)
     }
+    moe.split_expert_weights(program)  # now that each expert's checkpoint tensors are known
     return program
-
-
-def checkpoint_index(directory: Path) -> dict[str, tuple[str, str]]:
-    """tensor name -> (shard path, dtype) over every safetensors shard of the directory."""
-    from safetensors import safe_open
-
-    shards = sorted(directory.glob("*.safetensors"))
-    if not shards:
-        raise CaptureError(f"{directory} has no .safetensors weights; streaming reads only "
-                           "safetensors checkpoints")
-    index: dict[str, tuple[str, str]] = {}
-    for shard in shards:
-        try:
-            with safe_open(str(shard), framework="pt") as f:
-                for key in f.keys():
-                    index[key] = (str(shard), str(f.get_slice(key).get_dtype()))
-        except Exception as e:  # safetensors raises its own error types for a broken header
-            raise CaptureError(f"cannot load the weights in {directory}: {shard.name} is not a "
-                               f"valid safetensors file ({str(e).splitlines()[0][:200]})") from None
-    return index
-
-
-def _checkpoint_key(name: str, prefix: str, index: dict[str, Any]) -> str | None:
-    candidates = [name]
-    if prefix:
-        candidates += [name.removeprefix(prefix + "."), f"{prefix}.{name}"]
-    return next((c for c in candidates if c in index), None)
 
 
 def _standin(param: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,11 @@ The router (`mlp.gate`, N = E) stays a linear too; lower-datatype's default skip
 The block reads its normed input only through linears (router, gate_up) and writes
 Σ_e r_e · down_e(...) into the residual stream, so fold-norms folds its norm and rotate treats
 every down_e as a stream writer (qcompiler/residual_stream.py).
-A streamed capture (weights not loaded yet) keeps the 3-D tensors: its experts stay in fp and
-lower-datatype says so on stderr and in the report (slicing lazily loaded tensors is not done).
+A streamed capture (weights not loaded yet) gets the same per-expert linears, each a stand-in
+whose source is that expert's own checkpoint tensors (every Hub MoE checkpoint stores experts
+apart; qcompiler/checkpoint_keys.py), so each is read when its layer is. Where the checkpoint
+holds the fused 3-D tensor itself, or the layout is transposed, the experts stay in fp and
+lower-datatype says so on stderr and in the report (slicing a lazily loaded tensor is not done).
 """
 
 from __future__ import annotations
@@ -158,6 +161,20 @@ def _stand_in(value: torch.Tensor) -> bool:
     return value.numel() > 1 and all(s == 0 for s in value.stride())
 
 
+def _streamed_expert(program: Program, target: str, index: int,
+                     transposes: list[fx.Node]) -> list[Any] | None:
+    """`[shards, keys]` of expert `index` of the streamed 3-D tensor `target` when its
+    checkpoint stores the experts apart (qcompiler/checkpoint_keys.py: a stack entry), the
+    slice is used as stored (no transpose) and so can be read on its own; else None."""
+    entry = (program.meta.get("lazy_tensors") or {}).get(target)
+    if entry is None or transposes or getattr(entry, "finish", None) is not None:
+        return None
+    shards, keys = entry
+    if isinstance(keys, str) or not keys or isinstance(keys[0], str):
+        return None  # one 3-D checkpoint tensor: slicing it lazily is not done
+    return [shards[index], keys[index]]
+
+
 def split_expert_weights(program: Program) -> int:
     """Give every linear whose weight (or bias) is one expert's slice of a 3-D constant its own
     constant; returns how many operands were replaced. Unused 3-D tensors are deleted."""
@@ -177,15 +194,24 @@ def split_expert_weights(program: Program) -> int:
             if found is None:
                 continue
             src, index, transposes = found
+            lazy_entry = None
             if _stand_in(program.get_tensor(str(src.target))):
-                continue  # streamed: no values to slice yet; lower-datatype reports it in fp
+                lazy_entry = _streamed_expert(program, str(src.target), index, transposes)
+                if lazy_entry is None:
+                    continue  # no per-expert source: lower-datatype reports it kept in fp
             key = (src, index, *transposes)
             if key not in made:
-                value = program.get_tensor(str(src.target)).detach()[index]
-                for t in transposes:
-                    value = _apply(t, value)
-                name = program.add_tensor(_expert_name(str(src.target), index, role),
-                                          value.contiguous().clone())
+                if lazy_entry is not None:  # a stand-in of the slice, read when needed
+                    whole = program.get_tensor(str(src.target))
+                    value = torch.zeros((), dtype=whole.dtype).expand(tuple(whole.shape[1:]))
+                else:
+                    value = program.get_tensor(str(src.target)).detach()[index]
+                    for t in transposes:
+                        value = _apply(t, value)
+                    value = value.contiguous().clone()
+                name = program.add_tensor(_expert_name(str(src.target), index, role), value)
+                if lazy_entry is not None:
+                    program.meta["lazy_tensors"][name] = lazy_entry
                 with graph.inserting_before(node):
                     attr = graph.create_node("get_attr", name, name=name.replace(".", "_"))
                 infer_node_meta(attr)
@@ -208,5 +234,6 @@ def split_expert_weights(program: Program) -> int:
         used = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
         for target in sources - used:
             program.delete_tensor(target)
+            (program.meta.get("lazy_tensors") or {}).pop(target, None)
         program.recompile()
     return replaced

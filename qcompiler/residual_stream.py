@@ -194,7 +194,9 @@ class DecoderLayer:
     """One pre-norm decoder layer: its two norms and its linears by role.
 
     Roles: `q`, `k`, `v` (or fused `qkv`), `o`; `gate`, `up` (or fused `gate_up`; `up` alone
-    for a non-gated MLP such as GPT-2's c_fc or OPT's fc1), `down`.
+    for a non-gated MLP such as GPT-2's c_fc or OPT's fc1), `down`. An MoE block has one MLP
+    per expert behind one norm: the first expert's linears take the plain roles, expert k's
+    the roles suffixed `.k` (`down.3`); `downs()` lists every down.
     """
 
     index: int
@@ -204,6 +206,10 @@ class DecoderLayer:
 
     def get(self, role: str) -> fx.Node | None:
         return self.linears.get(role)
+
+    def downs(self) -> list[fx.Node]:
+        """Every linear writing the MLP block back into the stream (one per MoE expert)."""
+        return [n for r, n in self.linears.items() if r == "down" or r.startswith("down.")]
 
 
 def _backward_cone(node: fx.Node, stop: set[fx.Node]) -> set[fx.Node]:
@@ -280,6 +286,12 @@ def decoder_layers(program: Program, stream: ResidualStream | None = None) -> li
             layers.append(layer)
             layer.linears.update(_attention_roles(readers, cone, stop | {norm.output}))
             layer.linears["o"] = writer
+        elif layers and layers[-1].mlp_norm is norm:  # one more writer of the same block: an
+            layer = layers[-1]                          # MoE expert (qcompiler/moe.py)
+            k = len(layer.downs())
+            for role, node in _mlp_roles(program, readers, writer).items():
+                layer.linears.setdefault(f"{role}.{k}", node)
+            layer.linears[f"down.{k}"] = writer
         else:
             if not layers or layers[-1].mlp_norm is not None:
                 layers.append(DecoderLayer(len(layers)))

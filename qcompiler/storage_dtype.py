@@ -20,6 +20,8 @@ from typing import Any, Iterable
 
 import torch
 
+from qcompiler.errors import QCompilerError
+
 NARROW = (torch.bfloat16, torch.float16)
 _SHARD_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16}
 _CHUNK = 1 << 22  # elements compared at a time: bounded extra memory for a large embedding
@@ -72,14 +74,14 @@ def storage_dtype(t: torch.Tensor, order: tuple[torch.dtype, ...] = NARROW) -> t
     return t.dtype
 
 
-def shard_dtype(shard: str, key: str) -> torch.dtype | None:
-    """The dtype of tensor `key` in the safetensors `shard` when it is bf16 or fp16."""
-    from safetensors import safe_open
+def shard_dtype(shard: Any, key: Any) -> torch.dtype | None:
+    """The dtype of the streamed tensor `[shard, key]` (qcompiler/lazy_tensors.py) when it is
+    bf16 or fp16."""
+    from qcompiler.lazy_tensors import source_dtype
 
     try:
-        with safe_open(shard, framework="pt") as f:
-            return _SHARD_DTYPES.get(f.get_slice(key).get_dtype())
-    except Exception:  # unreadable now: keep fp32; the write reports the real error
+        return _SHARD_DTYPES.get(source_dtype(shard, key) or "")
+    except QCompilerError:  # unreadable now: keep fp32; the write reports the real error
         return None
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from qcompiler.calibration import CalibrationConfig, calibration_batches, get_config
-from qcompiler.lazy_tensors import load_lazy_tensor, trim_heap
+from qcompiler.lazy_tensors import load_lazy_tensor, read_source, trim_heap
 from qcompiler.errors import QCompilerError
 from qcompiler.layerwise.lazy_weight import detach_transforms, wrap_lazy_tensors
 from qcompiler.layerwise.segments import Segment, last_uses, segment_program, split_segments
@@ -227,8 +227,6 @@ def _load_embedding_rows(program: Program, seg: Segment, env: dict[Any, list[Any
     uses are read and transformed, into an uninitialised table (the other rows are never
     touched, so never resident): the prefix of a 128K-vocab model costs a few MB, not the
     table in float64."""
-    from safetensors import safe_open
-
     lazy = program.meta.get("lazy_tensors") or {}
     done: list[str] = []
     for node in seg.nodes:
@@ -247,13 +245,11 @@ def _load_embedding_rows(program: Program, seg: Segment, env: dict[Any, list[Any
         table = torch.empty(tuple(standin.shape), dtype=standin.dtype)
         shard, key = entry
         rows = max(1, (16 << 20) // max(1, standin[0].numel() * 4))
-        with safe_open(shard, framework="pt") as f:
-            part = f.get_slice(key)
-            for start in range(0, int(standin.shape[0]), rows):
-                pick = ids[(ids >= start) & (ids < start + rows)]
-                if len(pick):
-                    block = part[start:start + rows][pick - start]
-                    table[pick] = finish(block) if finish else block.to(standin.dtype)
+        for start in range(0, int(standin.shape[0]), rows):
+            pick = ids[(ids >= start) & (ids < start + rows)]
+            if len(pick):
+                block = read_source(shard, key, start, start + rows)[pick - start]
+                table[pick] = finish(block) if finish else block.to(standin.dtype)
         program.set_tensor(name, table)
         done.append(name)
     return done
