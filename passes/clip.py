@@ -125,19 +125,10 @@ def grid_search(fmt: Any, w: torch.Tensor, group: int, ratios: tuple[float, ...]
 
 def _quantize_pinned(fmt: Any, w: torch.Tensor, group: int, pin: float) -> QTensor:
     """RTN quantization whose per-tensor scale (if the format has one) is that of absmax `pin`:
-    every ratio must share one global scale, so an extra pinning group is appended, then cut."""
+    every ratio must share one global scale (qcompiler.gptq_core.pinned_quantize)."""
+    from qcompiler.gptq_core import pinned_quantize
+
     probe = fmt.quantize(w[:1, :group], group_size=group, search="rtn")
     if probe.global_scale is None:
         return fmt.quantize(w, group_size=group, search="rtn")
-    n, k = w.shape
-    extra = torch.zeros(n, group)
-    extra[0, 0] = pin
-    q = fmt.quantize(torch.cat([w, extra], 1), group_size=group, search="rtn")
-    parts = q.tensors()
-    g = k // group
-    for key in ("scales", "zeros", "meta"):
-        if key in parts:
-            parts[key] = parts[key][:, :g]
-    codes = packing.unpack(parts["codes"], fmt.bits, k + group)[:, :k]
-    parts["codes"] = packing.pack(codes, fmt.bits)
-    return QTensor.from_tensors(fmt.name, (n, k), group, parts, q.opts)
+    return pinned_quantize(fmt, w, group, "rtn", pin)

@@ -91,14 +91,28 @@ def group_params(fmt: Any, cols: torch.Tensor, group: int, search: str | None,
         h, search = hessian.reshape(-1, group, group), "clip"
     if pin is None:
         return fmt.quantize(cols, group_size=group, search=search, hessian=h)
+    return pinned_quantize(fmt, cols, group, search, pin, h, codes=False)
+
+
+def pinned_quantize(fmt: Any, cols: torch.Tensor, group: int, search: str, pin: float,
+                    hessian: torch.Tensor | None = None, codes: bool = True) -> QTensor:
+    """`fmt.quantize` of `cols` [N, K] (clamped to ±pin) with the per-tensor scale that absmax
+    `pin` gives: one pinning group holding `pin` is appended, quantized along, and cut off
+    again (its error does not count under `hessian`). `codes=False` leaves the codes out
+    (callers that use only the parameters)."""
     n, k = cols.shape
     extra = torch.zeros(n, group, dtype=cols.dtype)
     extra[0, 0] = pin
-    if h is not None:  # the pinning group's error does not count (its parameters are dropped)
-        h = torch.cat([h, torch.zeros_like(h[:1])])
+    if hessian is not None:
+        hessian = torch.cat([hessian, torch.zeros_like(hessian[:1])])
     q = fmt.quantize(torch.cat([cols.clamp(-pin, pin), extra], 1), group_size=group,
-                     search=search, hessian=h)
-    return slice_groups(q, 0, k // group)
+                     search=search, hessian=hessian)
+    params = slice_groups(q, 0, k // group)
+    if not codes:
+        return params
+    parts = params.tensors()
+    parts["codes"] = packing.pack(packing.unpack(q.codes, fmt.bits, k + group)[:, :k], fmt.bits)
+    return QTensor.from_tensors(fmt.name, (n, k), group, parts, q.opts)
 
 
 def diagonal_blocks(h: torch.Tensor, group: int) -> torch.Tensor:
