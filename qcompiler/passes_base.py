@@ -94,7 +94,12 @@ class OptionSpec:
         return self.default is dataclasses.MISSING
 
     def describe(self) -> str:
-        default = "required" if self.required else f"default {format_value(self.default)}"
+        if self.required:
+            default = "required"
+        elif self.default in ((), [], ""):
+            default = "default empty"
+        else:
+            default = f"default {format_value(self.default)}"
         return f"{self.key}: {type_name(self.type)} ({default})"
 
 

@@ -1,4 +1,5 @@
-"""`qcompile formats|zoo|pipelines` and `qc-opt --list-passes`: what is available, one per line."""
+"""`qcompile formats|zoo|pipelines` and `qc-opt --list-passes`: what is available, one per line
+(passes: then one indented line per option, with its type and default)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def print_passes() -> None:
     from qcompiler.pass_registry import all_passes
 
     for name, cls in sorted(all_passes().items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        sys.stdout.write(f"{name:<18} {doc}\n")
+        sys.stdout.write(f"{name:<18} {cls.description()}\n")
+        for option in cls.options():
+            sys.stdout.write(f"{'':<20}{option.describe()}\n")
 
 
 def print_pipelines() -> None:

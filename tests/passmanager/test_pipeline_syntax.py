@@ -204,3 +204,25 @@ def test_unknown_named_pipeline():
 
     with pytest.raises(UsageError, match=r"^unknown pipeline 'clenup'; did you mean 'cleanup'\?$"):
         expand("clenup")
+
+
+def test_list_passes_shows_every_option_with_a_default_that_parses_back(capsys):
+    """`qc-opt --list-passes` is where users find the options; each printed default is one the
+    pipeline syntax reads back to the pass's own default."""
+    from qcompiler.cli.list_cmd import print_passes
+    from qcompiler.pass_registry import all_passes
+    from qcompiler.passes_base import parse_value
+
+    print_passes()
+    out = capsys.readouterr().out
+    assert "                    act-order: true or false (default true)\n" in out
+    assert "                    grid: a comma-separated list of numbers (default empty)\n" in out
+    for name, cls in all_passes().items():
+        block = out.split(f"\n{name:<18} ", 1)[-1] if not out.startswith(name) else out
+        for option in cls.options():
+            line = option.describe()
+            assert line in block, (name, line)
+            if option.required or option.default in ((), ""):
+                continue
+            text = line.rsplit("(default ", 1)[1][:-1]
+            assert parse_value(text, option.type) == option.default, (name, option.key)
