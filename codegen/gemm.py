@@ -20,29 +20,11 @@ from __future__ import annotations
 
 from string import Template
 
-from qcompiler.codegen import epilogue
+from qcompiler.codegen import epilogue, kernel_abi
 from qcompiler.codegen.decode_plan import DecodePlan
 from qcompiler.codegen.dequant import dequant_fn_name, group_fn_name
 
-KERNEL = Template('''\
-@triton.jit
-def ${name}(
-    # -- pointers -----------------------------------------------------------------------
-    x_ptr, codes_ptr, scales_ptr, zeros_ptr, meta_ptr, gscale_ptr, bias_ptr, y_ptr,
-    ws_ptr, lock_ptr,  # split-K workspace and per-tile counters (epilogue.py)
-    # -- sizes ----------------------------------------------------------------------------
-    M,
-    N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr,
-    # -- strides (rows of x and y; packed weights and group tensors are contiguous) -------
-    stride_xm, stride_ym,
-    # -- format meta ----------------------------------------------------------------------
-    BITS: tl.constexpr, ELEMS_PER_UNIT: tl.constexpr, UNIT_LOADS: tl.constexpr,
-    HAS_ZERO: tl.constexpr, HAS_META: tl.constexpr, HAS_GLOBAL_SCALE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    # -- tiling meta ----------------------------------------------------------------------
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
+KERNEL = Template(kernel_abi.signature('GROUP_M') + '''\
     """y = x @ W^T for any M, W decoded on the fly tile by tile (${format})."""
     UNITS: tl.constexpr = K // ELEMS_PER_UNIT  # packing units per weight row
     BLOCK_U: tl.constexpr = BLOCK_K // ELEMS_PER_UNIT  # packing units per K tile

@@ -35,28 +35,10 @@ from string import Template
 
 import numpy as np
 
-from qcompiler.codegen import decode16, decode16_tables, epilogue, gemm16_asm
+from qcompiler.codegen import decode16, decode16_tables, epilogue, gemm16_asm, kernel_abi
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan, ScaleKind
 
-KERNEL = Template('''\
-@triton.jit
-def ${name}(
-    # -- pointers -----------------------------------------------------------------------
-    x_ptr, codes_ptr, scales_ptr, zeros_ptr, meta_ptr, gscale_ptr, bias_ptr, y_ptr,
-    ws_ptr, lock_ptr,  # split-K workspace and per-tile counters (epilogue.py)
-    # -- sizes ----------------------------------------------------------------------------
-    M,
-    N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr,
-    # -- strides (rows of x and y; packed weights and group tensors are contiguous) -------
-    stride_xm, stride_ym,
-    # -- format meta ----------------------------------------------------------------------
-    BITS: tl.constexpr, ELEMS_PER_UNIT: tl.constexpr, UNIT_LOADS: tl.constexpr,
-    HAS_ZERO: tl.constexpr, HAS_META: tl.constexpr, HAS_GLOBAL_SCALE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    # -- tiling meta ----------------------------------------------------------------------
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
-):
+KERNEL = Template(kernel_abi.signature('GROUP_M', 'USE_ASM') + '''\
     """y = x @ W^T as (W x^T)^T, 4-bit codes decoded to fp16 in registers (${format})."""
     ROW_WORDS: tl.constexpr = K // 8  # int32 words (8 codes) per weight row
     BLOCK_W: tl.constexpr = BLOCK_K // 8  # words per row per K tile

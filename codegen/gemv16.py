@@ -28,29 +28,11 @@ from __future__ import annotations
 
 from string import Template
 
-from qcompiler.codegen import decode16, epilogue
+from qcompiler.codegen import decode16, epilogue, kernel_abi
 from qcompiler.codegen.decode16_sim import twin_name
 from qcompiler.codegen.decode_plan import DecodeFamily, DecodePlan
 
-KERNEL = Template('''\
-@triton.jit
-def ${name}(
-    # -- pointers -----------------------------------------------------------------------
-    x_ptr, codes_ptr, scales_ptr, zeros_ptr, meta_ptr, gscale_ptr, bias_ptr, y_ptr,
-    ws_ptr, lock_ptr,  # split-K workspace and per-tile counters (epilogue.py)
-    # -- sizes ----------------------------------------------------------------------------
-    M,
-    N: tl.constexpr, K: tl.constexpr, GROUP_SIZE: tl.constexpr,
-    # -- strides (rows of x and y; packed weights and group tensors are contiguous) -------
-    stride_xm, stride_ym,
-    # -- format meta ----------------------------------------------------------------------
-    BITS: tl.constexpr, ELEMS_PER_UNIT: tl.constexpr, UNIT_LOADS: tl.constexpr,
-    HAS_ZERO: tl.constexpr, HAS_META: tl.constexpr, HAS_GLOBAL_SCALE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    # -- tiling meta ----------------------------------------------------------------------
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr,
-):
+KERNEL = Template(kernel_abi.signature('USE_ASM') + '''\
     """y[0, n] = sum_k x[0, k] * W[n, k], fp16x2 decode and dot (${format})."""
     WORDS: tl.constexpr = K // 8  # int32 words (8 codes) per weight row
     CHUNKS: tl.constexpr = BLOCK_K // 32  # 4-word chunks per K tile

@@ -19,9 +19,12 @@ transposed once, biases likewise), so each expert is an ordinary linear that low
 GPTQ, clip, ... treat like any other, and the fused 3-D tensors disappear from the program.
 
 The price is compute, not accuracy: each token runs all E experts instead of its top k (E/k
-times the expert FLOPs: 4x for Mixtral's 8/top-2, 16x for Qwen3-MoE's 128/top-8), and a
-calibration pass sees every token at every expert. A routed quantized op would remove both;
-until then this is the route that exports, quantizes, saves and loads without transformers.
+times the expert FLOPs: 4x for Mixtral's 8/top-2, 16x for Qwen3-MoE's 128/top-8). A routed
+quantized op would remove it; until then this is the route that exports, quantizes, saves and
+loads without transformers. A calibration pass sees every token at every expert, unweighted by
+the router: llm-compressor's default too (`calibrate_all_experts=True`), because a small
+calibration set routes few or no tokens to some experts, and GPTQ on a Hessian of a handful of
+tokens (or none: GPTQ zeroes columns that never fired) is worse than on all of them.
 The router (`mlp.gate`, N = E) stays a linear too; lower-datatype's default skip keeps it in fp.
 The block reads its normed input only through linears (router, gate_up) and writes
 Σ_e r_e · down_e(...) into the residual stream, so fold-norms folds its norm and rotate treats
