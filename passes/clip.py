@@ -30,7 +30,8 @@ from qcompiler.formats import packing
 from qcompiler.formats.base import QTensor
 from qcompiler.formats.scale_search import ErrorMeasure
 from qcompiler.pass_registry import register_pass
-from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
+from qcompiler.passes._weight_common import (DEFAULT_SKIP, ScaleMode, scale_options,
+                                             select_layers, weight_format)
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.weight_plan import original_weight, record_plan
 
@@ -48,14 +49,21 @@ class Clip(Pass):
     objective: Literal["weight-mse", "output-mse"] = "output-mse"
     grid: tuple[float, ...] = ()
     skip: tuple[str, ...] = DEFAULT_SKIP
+    scale: ScaleMode | None = None  # ZeroQuant-FP's scale constraints (passes/_weight_common.py)
 
     def __post_init__(self) -> None:
         bad = [r for r in self.grid if not 0.0 < r <= 1.0]
         if bad:
             raise ValueError(f"grid ratios must be in (0, 1], got {bad[0]}; e.g. grid=1.0,0.9,0.8")
 
+    @property
+    def keeps_whole_rows(self) -> bool:
+        """An explicit grid picks each group from another quantization: no shared row scale."""
+        return not self.grid
+
     def apply(self, program: Any, ctx: PassContext) -> PassResult:
         fmt = weight_format(self.name, self.format)
+        scale_options(self.name, fmt, self.scale, self.keeps_whole_rows)
         layers = list(select_layers(self.name, program, fmt, self.group_size, self.skip, ctx))
         if not layers:
             return PassResult(False, {"layers-planned": 0})
@@ -82,16 +90,17 @@ class Clip(Pass):
 
     def _search(self, program: Any, fmt: Any, layer: Any, x: torch.Tensor | None) -> QTensor:
         w = original_weight(program, layer.name, layer.weight).detach().to(torch.float32)
+        opts = scale_options(self.name, fmt, self.scale, self.keeps_whole_rows)
         try:
             if self.grid:
-                return grid_search(fmt, w, layer.group, self.grid, x)
-            return fmt.quantize(w, group_size=layer.group, search="clip", x=x)
+                return grid_search(fmt, w, layer.group, self.grid, x, opts)
+            return fmt.quantize(w, group_size=layer.group, search="clip", x=x, **opts)
         except QCompilerError as e:
             raise PassError(self.name, f"{layer.name}: {e}") from None
 
 
 def grid_search(fmt: Any, w: torch.Tensor, group: int, ratios: tuple[float, ...],
-                x: torch.Tensor | None) -> QTensor:
+                x: torch.Tensor | None, opts: dict[str, Any] | None = None) -> QTensor:
     """Per group, the best of the ratios: clamp the group to r × [min, max], quantize with the
     format's RTN, measure (weight or output error), keep the best group by group."""
     from qcompiler.gptq_core import GROUP_KEYS
@@ -106,7 +115,7 @@ def grid_search(fmt: Any, w: torch.Tensor, group: int, ratios: tuple[float, ...]
     best_err = best = best_codes = None
     for r in ratios:
         clamped = torch.minimum(torch.maximum(wg, r * lo), r * hi).reshape(n, k)
-        q = _quantize_pinned(fmt, clamped, group, pin)
+        q = _quantize_pinned(fmt, clamped, group, pin, opts or {})
         err = measure((fmt.dequantize(q) - w).reshape(n, g, group), ones)
         codes = packing.unpack(q.codes, fmt.bits, k).reshape(n, g, group)
         if best is None:
@@ -123,12 +132,13 @@ def grid_search(fmt: Any, w: torch.Tensor, group: int, ratios: tuple[float, ...]
     return QTensor.from_tensors(fmt.name, (n, k), group, best, q.opts)
 
 
-def _quantize_pinned(fmt: Any, w: torch.Tensor, group: int, pin: float) -> QTensor:
+def _quantize_pinned(fmt: Any, w: torch.Tensor, group: int, pin: float,
+                     opts: dict[str, Any]) -> QTensor:
     """RTN quantization whose per-tensor scale (if the format has one) is that of absmax `pin`:
     every ratio must share one global scale (qcompiler.gptq_core.pinned_quantize)."""
     from qcompiler.gptq_core import pinned_quantize
 
     probe = fmt.quantize(w[:1, :group], group_size=group, search="rtn")
     if probe.global_scale is None:
-        return fmt.quantize(w, group_size=group, search="rtn")
-    return pinned_quantize(fmt, w, group, "rtn", pin)
+        return fmt.quantize(w, group_size=group, search="rtn", **opts)
+    return pinned_quantize(fmt, w, group, "rtn", pin, opts=opts)

@@ -37,7 +37,8 @@ from qcompiler.distributed import map_qtensors
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.gptq_core import OUTPUT_MSE, gptq_quantize
 from qcompiler.pass_registry import register_pass
-from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
+from qcompiler.passes._weight_common import (DEFAULT_SKIP, ScaleMode, scale_options,
+                                             select_layers, weight_format)
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.weight_plan import original_weight, record_plan
 
@@ -59,6 +60,7 @@ class Gptq(Pass):
     # half a step). Unset: output-mse, or the format's own default (int8, fp8: rtn)
     search: Literal["clip", "rtn", "half-step", "output-mse"] | None = None
     skip: tuple[str, ...] = DEFAULT_SKIP
+    scale: ScaleMode | None = None  # ZeroQuant-FP's scale constraint (pow2 only: group by group)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -66,8 +68,12 @@ class Gptq(Pass):
         if not 0.0 < self.damp < 1.0:
             raise ValueError(f"damp must be in (0, 1), got {self.damp}; the usual value is 0.01")
 
+    # groups are quantized one at a time (as GPTQ reaches them): no scale shared by a row
+    keeps_whole_rows = False
+
     def apply(self, program: Any, ctx: PassContext) -> PassResult:
         fmt = weight_format(self.name, self.format)
+        scale_options(self.name, fmt, self.scale, self.keeps_whole_rows)  # before calibrating
         layers = list(select_layers(self.name, program, fmt, self.group_size, self.skip, ctx))
         if not layers:
             return PassResult(False, {"layers-planned": 0})
@@ -95,7 +101,9 @@ class Gptq(Pass):
         try:
             return gptq_quantize(fmt, w, hessian, layer.group, block_size=self.block_size,
                                  damp=self.damp, act_order=self.act_order,
-                                 search=default_search(fmt, self.search), overwrite_hessian=last)
+                                 search=default_search(fmt, self.search), overwrite_hessian=last,
+                                 opts=scale_options(self.name, fmt, self.scale,
+                                                    self.keeps_whole_rows))
         except (QCompilerError, ValueError) as e:
             raise PassError(self.name, f"{layer.name}: {e}") from None
 

@@ -28,7 +28,8 @@ import torch.fx as fx
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
-from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
+from qcompiler.passes._weight_common import (DEFAULT_SKIP, ScaleMode, plan_scale,
+                                             scale_options, select_layers, weight_format)
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.weight_plan import original_weight, record_plan, valid_plan
 
@@ -45,6 +46,7 @@ class Lorc(Pass):
     rank: int = 8
     group_size: int | None = None
     skip: tuple[str, ...] = DEFAULT_SKIP
+    scale: ScaleMode | None = None  # the lowering's scale constraint (passes/_weight_common.py)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -52,6 +54,7 @@ class Lorc(Pass):
 
     def apply(self, program: Any, ctx: PassContext) -> PassResult:
         fmt = weight_format(self.name, self.format)
+        scale_options(self.name, fmt, self.scale)  # a one-line error before any work
         layers = list(select_layers(self.name, program, fmt, self.group_size, self.skip, ctx))
         added = 0
         for layer in ctx.progress(layers, total=len(layers), desc=self.name):
@@ -69,9 +72,11 @@ class Lorc(Pass):
     def _quantized(self, program: Any, fmt: Any, layer: Any, w: torch.Tensor) -> torch.Tensor:
         """Q(W): the layer's plan in this format and group size, else quantize and plan it."""
         record = valid_plan(program, layer.name, layer.weight)
-        if record is None or record["format"] != fmt.name or record["group_size"] != layer.group:
+        opts = scale_options(self.name, fmt, self.scale)
+        wanted = (fmt.name, layer.group, opts.get("scale", "fp16"))
+        if record is None or (record["format"], record["group_size"], plan_scale(record)) != wanted:
             try:
-                qt = fmt.quantize(w.to(torch.float32), group_size=layer.group)
+                qt = fmt.quantize(w.to(torch.float32), group_size=layer.group, **opts)
             except QCompilerError as e:
                 raise PassError(self.name, f"{layer.name}: {e}") from None
             record_plan(program, layer.name, layer.weight, qt, by=self.name)

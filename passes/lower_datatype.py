@@ -23,6 +23,10 @@ explicit `aten.constant_pad_nd` on x (exact: the padded columns multiply zeros).
 the default because it changes the layer's shape and costs memory and compute the user did not
 ask for; the error says how to get it.
 
+`scale=pow2|pow2-row` (formats with a scale option: fp4, razer4) constrains the group scales as
+ZeroQuant-FP does (passes/_weight_common.py); the calibrated passes take the same option, and a
+plan made with other scales is quantized again, with a warning.
+
 Weights that are not floating point (int8, bool) are not quantized (they are not fp weights;
 converting them would change the function) and are reported. Every layer left in fp is in the
 report; the ones not chosen by a skip pattern or override (integer weights, skipped indivisible
@@ -55,6 +59,7 @@ from qcompiler.errors import PassError, QCompilerError
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
 from qcompiler.passes._fp_layers import unlowered_weights, warn_fp_layers
+from qcompiler.passes._weight_common import ScaleMode, plan_scale, scale_options
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
 from qcompiler.weight_plan import describe, drop_plan, plans, valid_plan
@@ -112,6 +117,9 @@ class LowerDatatype(Pass):
     override: str = ""
     on_indivisible: Literal["error", "skip", "pad"] = "error"
     search: Literal["clip", "rtn"] | None = None  # None: the format's default search
+    # ZeroQuant-FP's scale constraints (passes/_weight_common.py), for the layers whose format
+    # has a scale option; the pass's own format must have it
+    scale: ScaleMode | None = None
 
     def __post_init__(self) -> None:
         parse_overrides(self.override)  # ValueError -> usage error naming the pass
@@ -195,7 +203,9 @@ class LowerDatatype(Pass):
             if self.on_indivisible == "error":
                 raise PassError(self.name, _indivisible_message(fmt, group, k, layer))
             pad = math.ceil(k / group) * group - k
-        planned = self._planned(program, ctx, layer, target, fmt.name, group, pad)
+        opts = self._scale_options(fmt)
+        planned = self._planned(program, ctx, layer, target, fmt.name, group, pad,
+                                opts.get("scale", "fp16"))
         if planned is not None:
             q = planned["qtensor"]
             rel_error = _rel_error(planned["original"], fmt.dequantize(q))
@@ -216,7 +226,7 @@ class LowerDatatype(Pass):
         if pad:
             w = torch.nn.functional.pad(w.to(torch.float32), (0, pad))
         try:
-            q, rel_error = quantize_rows(fmt, w, group, self.search)
+            q, rel_error = quantize_rows(fmt, w, group, self.search, opts)
         except QCompilerError as e:
             raise PassError(self.name, f"{layer}: {e}") from None
         del w
@@ -231,8 +241,16 @@ class LowerDatatype(Pass):
             entry["padded_k"] = k + pad
         return entry
 
+    def _scale_options(self, fmt: Any) -> dict[str, str]:
+        """`scale` as format options: for this layer's format if it has the option; the pass's
+        own format must (checked here, so the error names the pass)."""
+        if self.scale is None or "scale" in dict(fmt.options):
+            return scale_options(self.name, fmt, self.scale)
+        scale_options(self.name, self._format(self.format), self.scale)  # raises if it has none
+        return {}  # an override's format without the option keeps its own scales
+
     def _planned(self, program: Program, ctx: PassContext, layer: str, target: str,
-                 fmt: str, group: int, pad: int) -> dict[str, Any] | None:
+                 fmt: str, group: int, pad: int, scale: str) -> dict[str, Any] | None:
         """The layer's weight plan when it can be used as is (module docstring)."""
         record = plans(program).get(layer)
         if record is None:
@@ -242,12 +260,14 @@ class LowerDatatype(Pass):
                     "quantizing it again")
             drop_plan(program, layer)
             return None
-        if record["format"] != fmt or record["group_size"] != group or pad:
+        if record["format"] != fmt or record["group_size"] != group or pad or \
+                plan_scale(record) != scale:
             if not getattr(self, "_warned", False):  # once per run, not per layer
-                ctx.warn(f"{self.name}: {layer} was planned by {record['by']} as "
-                         f"{describe(record)} but is lowered to {fmt} g{group}; quantizing "
-                         f"such layers again (give {record['by']} the same format and group "
-                         "size)")
+                ours = f"{fmt} g{group}" + ("" if scale == "fp16" else f" scale={scale}")
+                ctx.warn(f"{self.name}: {layer} was planned as {describe(record)} but is "
+                         f"lowered to {ours}; quantizing "
+                         f"such layers again (give {record['by']} the same format, group "
+                         "size and scale)")
             object.__setattr__(self, "_warned", True)
             program.set_tensor(target, record["original"])  # requantize the fp weight, not
             drop_plan(program, layer)                       # the planned (quantized) one
@@ -287,8 +307,8 @@ class LowerDatatype(Pass):
         graph.erase_node(node)
 
 
-def quantize_rows(fmt: Any, w: torch.Tensor, group: int,
-                  search: str | None) -> tuple[Any, float]:
+def quantize_rows(fmt: Any, w: torch.Tensor, group: int, search: str | None,
+                  opts: dict[str, Any] | None = None) -> tuple[Any, float]:
     """`fmt.quantize` and the relative error Σ(ŵ−w)²/Σw², a block of rows at a time for big
     weights: groups run along K, so rows are independent and the result is identical, while
     the scale search's temporaries stay bounded (streaming compiles of 1B models depend on it).
@@ -299,13 +319,14 @@ def quantize_rows(fmt: Any, w: torch.Tensor, group: int,
     rows = max(1, CHUNK_ELEMENTS // k)
     blocks = [(i, min(n, i + rows)) for i in range(0, n, rows)]
     if len(blocks) > 1:
-        probe = fmt.quantize(w[:1].to(torch.float32), group_size=group, search=search)
+        probe = fmt.quantize(w[:1].to(torch.float32), group_size=group, search=search,
+                             **(opts or {}))
         if probe.global_scale is not None:
             blocks = [(0, n)]
     parts, err, norm = [], 0.0, 0.0
     for start, stop in blocks:
         block = w[start:stop].to(torch.float32)
-        q = fmt.quantize(block, group_size=group, search=search)
+        q = fmt.quantize(block, group_size=group, search=search, **(opts or {}))
         err += float(((fmt.dequantize(q) - block) ** 2).sum())
         norm += float((block * block).sum())
         parts.append(q)
@@ -314,7 +335,8 @@ def quantize_rows(fmt: Any, w: torch.Tensor, group: int,
         return parts[0], rel_error
     first = parts[0]
     if any(p.opts != first.opts for p in parts):  # a data-dependent option: quantize whole
-        q = fmt.quantize(w.to(torch.float32), group_size=group, search=search)
+        q = fmt.quantize(w.to(torch.float32), group_size=group, search=search,
+                         **(opts or {}))
         return q, rel_error
     tensors = {key: torch.cat([p.tensors()[key] for p in parts]) for key in first.tensors()}
     return QTensor.from_tensors(fmt.name, (n, k), first.group_size, tensors, first.opts), rel_error

@@ -77,11 +77,12 @@ def half_step_factors(fmt: Any) -> tuple[float, float]:
 
 
 def group_params(fmt: Any, cols: torch.Tensor, group: int, search: str | None,
-                 pin: float | None, hessian: torch.Tensor | None = None) -> QTensor:
+                 pin: float | None, hessian: torch.Tensor | None = None,
+                 opts: dict[str, Any] | None = None) -> QTensor:
     """The format's own quantization of one group of columns [N, G] (or of several groups,
     [N, m·G]); only its parameters are used. `pin`: the original tensor's absmax, to hold a
     per-tensor scale fixed (see above). `hessian`: the groups' blocks of H ([G, G] or
-    [m, G, G]), for search=output-mse."""
+    [m, G, G]), for search=output-mse. `opts`: format options (scale=pow2)."""
     h = None
     if search == HALF_STEP:
         pos, neg = half_step_factors(fmt)
@@ -90,12 +91,13 @@ def group_params(fmt: Any, cols: torch.Tensor, group: int, search: str | None,
         assert hessian is not None
         h, search = hessian.reshape(-1, group, group), "clip"
     if pin is None:
-        return fmt.quantize(cols, group_size=group, search=search, hessian=h)
-    return pinned_quantize(fmt, cols, group, search, pin, h, codes=False)
+        return fmt.quantize(cols, group_size=group, search=search, hessian=h, **(opts or {}))
+    return pinned_quantize(fmt, cols, group, search, pin, h, codes=False, opts=opts)
 
 
 def pinned_quantize(fmt: Any, cols: torch.Tensor, group: int, search: str, pin: float,
-                    hessian: torch.Tensor | None = None, codes: bool = True) -> QTensor:
+                    hessian: torch.Tensor | None = None, codes: bool = True,
+                    opts: dict[str, Any] | None = None) -> QTensor:
     """`fmt.quantize` of `cols` [N, K] (clamped to ±pin) with the per-tensor scale that absmax
     `pin` gives: one pinning group holding `pin` is appended, quantized along, and cut off
     again (its error does not count under `hessian`). `codes=False` leaves the codes out
@@ -106,7 +108,7 @@ def pinned_quantize(fmt: Any, cols: torch.Tensor, group: int, search: str, pin: 
     if hessian is not None:
         hessian = torch.cat([hessian, torch.zeros_like(hessian[:1])])
     q = fmt.quantize(torch.cat([cols.clamp(-pin, pin), extra], 1), group_size=group,
-                     search=search, hessian=hessian)
+                     search=search, hessian=hessian, **(opts or {}))
     params = slice_groups(q, 0, k // group)
     if not codes:
         return params
@@ -279,13 +281,15 @@ def permute_symmetric_(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
                   block_size: int = 128, damp: float = 0.01, act_order: bool = False,
-                  search: str | None = None, overwrite_hessian: bool = False) -> QTensor:
+                  search: str | None = None, overwrite_hessian: bool = False,
+                  opts: dict[str, Any] | None = None) -> QTensor:
     """GPTQ of w [N, K] with Hessian h [K, K] (Σ xᵀx) into `fmt`, groups of `group` along K.
 
     Float32 throughout, as the reference GPTQ code: one float32 copy of w is updated in place.
     `overwrite_hessian=True`: the caller gives `h` up (its last user): the factor is computed
     in h's own storage (`damped_inverse_factor`; with act-order after `permute_symmetric_`);
-    the codes are the same either way."""
+    the codes are the same either way. `opts`: format options every group is quantized with
+    (group-local ones only: scale=pow2, not pow2-row)."""
     n, k = w.shape
     w = w.detach().to(torch.float32, copy=True)
     dead = torch.diagonal(h) == 0
@@ -303,7 +307,7 @@ def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
         perm = torch.argsort(torch.diagonal(h).masked_fill(dead, 1.0), descending=True)
         # static groups: parameters from the original weight, all groups in one call (the
         # searches work group by group, so this equals one call per group)
-        every = group_params(fmt, w[:, :ngroups * group], group, search, pin, blocks)
+        every = group_params(fmt, w[:, :ngroups * group], group, search, pin, blocks, opts)
         for g in range(ngroups):
             params[g] = slice_groups(every, g, g + 1)
             tables[g] = value_table(fmt, params[g])
@@ -331,7 +335,7 @@ def gptq_quantize(fmt: Any, w: torch.Tensor, h: torch.Tensor, group: int, *,
             if tables[g] is None:  # the group starts: its current columns choose the parameters
                 current = torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :group]
                 params[g] = group_params(fmt, current, group, search, pin,
-                                         None if blocks is None else blocks[g])
+                                         None if blocks is None else blocks[g], opts)
                 tables[g] = value_table(fmt, params[g])
             q, c = round_to_table(w1[:, i], tables[g])
             codes[:, col] = c

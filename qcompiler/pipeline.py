@@ -120,20 +120,22 @@ def format_pipeline(passes: Sequence[Pass], canonical: bool = False) -> str:
     return ",".join(p.canonical() if canonical else str(p) for p in passes)
 
 
-# Passes with `format` and `group-size` options that `--format` / `--group-size` fill in.
+# Passes with `format`, `group-size` and `scale` options that `--format` / `--group-size` /
+# `--scale` fill in.
 FORMAT_PASSES = ("lower-datatype", "clip", "gptq", "lorc")
 
 
 def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int | None,
                      on_indivisible: str | None = None, *, quantize_head: bool = False,
-                     quantize_embeddings: bool = False) -> str:
+                     quantize_embeddings: bool = False, scale: str | None = None) -> str:
     """The pipeline string the CLI runs, from `--pipeline`, `--format` and `--group-size`.
 
     No `--pipeline`: the format's default pipeline. With one, named pipelines in it are expanded
     and `--format` / `--group-size` fill in the options it does not set on the passes that quantize
     weights to a format (`lower-datatype`, `clip`, `gptq`, `lorc`), so a pipeline can be written
     once for every format: `--format int4 --pipeline 'canonicalize,fold-norms,gptq,lower-datatype'`.
-    `--on-indivisible` fills `lower-datatype`'s option of that name the same way;
+    `--on-indivisible` fills `lower-datatype`'s option of that name the same way, and `--scale`
+    the `scale` option of the quantizing passes (passes/_weight_common.py);
     `--quantize-head` drops `lm_head` from its default `skip` list (where the pipeline sets no
     `skip`), and `--quantize-embeddings` adds `quantize-embedding` after the lowering.
     """
@@ -143,10 +145,12 @@ def resolve_pipeline(pipeline: str | None, format: str | None, group_size: int |
         if format is None:
             return ""
         pipeline = named_pipelines.default_pipeline_for_format(format, group_size)
-        if on_indivisible is None and not quantize_head and not quantize_embeddings:
+        if on_indivisible is None and not quantize_head and not quantize_embeddings and \
+                scale is None:
             return pipeline
     items = _expand_named(split_pipeline(pipeline), ())
-    fill = {"format": format, "group-size": None if group_size is None else str(group_size)}
+    fill = {"format": format, "group-size": None if group_size is None else str(group_size),
+            "scale": scale}
     out = []
     for item in items:
         extra: tuple[tuple[str, str], ...] = ()
@@ -197,8 +201,9 @@ def _expand_named(items: list[PassSpec], seen: tuple[str, ...]) -> list[PassSpec
 
 
 def check_format_options(passes: list[Any]) -> None:
-    """Reject format and group-size options that no model could satisfy, before capture
-    (UsageError, exit 2): `-g 0`, a negative group, a group size the format does not support.
+    """Reject format, group-size and scale options that no model could satisfy, before capture
+    (UsageError, exit 2): `-g 0`, a negative group, a group size the format does not support,
+    a scale mode the format or the pass cannot keep.
     Whether a group divides each layer's K can only be known after capture."""
     from qcompiler import formats
 
@@ -210,6 +215,13 @@ def check_format_options(passes: list[Any]) -> None:
             fmt = formats.get(name)
         except QCompilerError as e:
             raise UsageError(f"{p.name}: {e}") from None
+        if getattr(p, "scale", None) is not None:
+            from qcompiler.passes._weight_common import scale_options
+
+            try:
+                scale_options(p.name, fmt, p.scale, getattr(p, "keeps_whole_rows", True))
+            except QCompilerError as e:
+                raise UsageError(str(e)) from None
         if group is None:
             continue
         if group <= 0:

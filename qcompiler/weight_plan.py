@@ -114,5 +114,8 @@ def drop_plan(program: Any, layer: str) -> None:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """`razer4 g128 by gptq`: what the printer shows on the weight's param line."""
-    return f"{record['format']} g{record['group_size']} by {record['by']}"
+    """`razer4 g128 by gptq` (`fp4 g128 scale=pow2 by gptq` with a scale constraint): what the
+    printer shows on the weight's param line."""
+    scale = record["qtensor"].opts.get("scale")
+    return (f"{record['format']} g{record['group_size']}"
+            f"{f' scale={scale}' if scale else ''} by {record['by']}")

@@ -26,7 +26,8 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled module (runs code from the file)")
     p.add_argument("-p", "--pipeline", default="", help="pass pipeline 'a,b{k=v},c' or a named one")
-    p.add_argument("--list-passes", action="store_true", help="list the registered passes")
+    p.add_argument("--list-passes", action="store_true",
+                   help="list the registered passes with their options")
     p.add_argument("--list-pipelines", action="store_true", help="list the named pipelines")
     p.add_argument("--split-input-file", action="store_true",
                    help="FILE.qcir holds cases separated by '// -----' lines: run and print each")

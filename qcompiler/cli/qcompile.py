@@ -45,6 +45,10 @@ def build_parser() -> common.ArgumentParser:
     p.add_argument("--on-indivisible", choices=["error", "pad", "skip"],
                    help="a layer whose K the group size does not divide: fail (default), "
                         "zero-pad K (exact), or keep it in fp")
+    p.add_argument("--scale", choices=["fp16", "pow2", "pow2-row"],
+                   help="group scales of fp4/razer4 (ZeroQuant-FP): fp16 (default), powers of "
+                        "two (pow2), or a real scale per row times powers of two (pow2-row); "
+                        "fills every quantizing pass of the pipeline")
     p.add_argument("--quantize-head", action="store_true",
                    help="quantize the LM head in the weight format too (kept in fp by default)")
     p.add_argument("--quantize-embeddings", action="store_true",
@@ -137,7 +141,7 @@ def _compile(args) -> int:
         _check_format(args.format)
     spec = resolve_pipeline(args.pipeline, args.format, args.group_size, args.on_indivisible,
                             quantize_head=args.quantize_head,
-                            quantize_embeddings=args.quantize_embeddings)
+                            quantize_embeddings=args.quantize_embeddings, scale=args.scale)
     passes = parse_pipeline(spec)
     if args.print_pipeline:
         print(format_pipeline(passes))

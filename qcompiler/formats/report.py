@@ -11,6 +11,9 @@ in a compile step. The table answers both: relative error sum((w_hat - w)^2) / s
 matrices, with each format's default scale search, the storage bits per weight, and the wall
 and CPU time to quantize all MiniLM linears (one process). The markdown starts with the command
 that made it and the machine, so a number can be traced to how it was produced.
+
+A format entry may carry format options after slashes, `fp4/scale=pow2` (ZeroQuant-FP's
+power-of-two group scales), to measure what an option costs beside the plain format.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ CLAIMS = (("razer4", "fp4"), ("razer4", "int4"), ("nvfp4-razer", "nvfp4"))
 class Row:
     """One (format, group size): errors per data set, bits per weight, MiniLM quantize time."""
 
-    format: str
+    format: str  # the entry as given: a format name, or NAME/KEY=VALUE with format options
     group_size: int
     bits_per_weight: float
     errors: dict[str, float] = field(default_factory=dict)
@@ -73,20 +76,37 @@ def synthetic(kind: str, shape: tuple[int, int] = SYNTHETIC_SHAPE,
     raise ValueError(f"unknown synthetic kind {kind!r}")
 
 
-def relative_error(fmt: formats.Format, weights: list[torch.Tensor], g: int) -> float:
+def parse_entry(entry: str) -> tuple[formats.Format, dict[str, str]]:
+    """`fp4` or `fp4/scale=pow2`: the format and its options (checked by the format)."""
+    name, *settings = entry.split("/")
+    fmt = formats.get(name)
+    opts = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"--formats: '{entry}': options are written NAME/KEY=VALUE, "
+                             "e.g. fp4/scale=pow2")
+        opts[key] = value
+    fmt._check_options(opts)  # an unknown key or value: the format's one-line error
+    return fmt, opts
+
+
+def relative_error(fmt: formats.Format, weights: list[torch.Tensor], g: int,
+                   opts: dict[str, str] | None = None) -> float:
     num = den = 0.0
     for w in weights:
-        w_hat = fmt.dequantize(fmt.quantize(w, group_size=g))
+        w_hat = fmt.dequantize(fmt.quantize(w, group_size=g, **(opts or {})))
         num += float((w_hat - w).double().square().sum())
         den += float(w.double().square().sum())
     return num / den
 
 
-def timed_quantize(fmt: formats.Format, weights: list[torch.Tensor], g: int) -> tuple[float, float]:
+def timed_quantize(fmt: formats.Format, weights: list[torch.Tensor], g: int,
+                   opts: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds to quantize every tensor of `weights` once."""
     wall, cpu = time.perf_counter(), time.process_time()
     for w in weights:
-        fmt.quantize(w, group_size=g)
+        fmt.quantize(w, group_size=g, **(opts or {}))
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -100,13 +120,13 @@ def measure(names: list[str], wanted: tuple[int, ...],
             datasets: dict[str, list[torch.Tensor]], timed: str | None) -> list[Row]:
     rows = []
     for name in names:
-        fmt = formats.get(name)
+        fmt, opts = parse_entry(name)
         for g in group_sizes_for(fmt, wanted):
             row = Row(name, g, fmt.bits_per_weight(g))
             for label, weights in datasets.items():
-                row.errors[label] = relative_error(fmt, weights, g)
+                row.errors[label] = relative_error(fmt, weights, g, opts)
             if timed is not None:
-                row.wall_s, row.cpu_s = timed_quantize(fmt, datasets[timed], g)
+                row.wall_s, row.cpu_s = timed_quantize(fmt, datasets[timed], g, opts)
             rows.append(row)
             if sys.stderr.isatty():
                 sys.stderr.write(f"  {name:<12} g{g:<4} " + "  ".join(
@@ -117,7 +137,7 @@ def measure(names: list[str], wanted: tuple[int, ...],
 def claims(rows: list[Row], dataset: str, g: int = 128) -> list[tuple[str, bool]]:
     """FORMATS.md's orderings that the rows can check: (line, holds)."""
     at = {r.format: r.errors[dataset] for r in rows if dataset in r.errors
-          and (r.group_size == g or len(formats.get(r.format).group_sizes) == 1)}
+          and (r.group_size == g or len(parse_entry(r.format)[0].group_sizes) == 1)}
     out = []
     for better, worse in CLAIMS:
         if better in at and worse in at:
@@ -221,7 +241,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m qcompiler.formats
                               "on MiniLM and synthetic weights vs bits per weight.")
     p.add_argument("--out", type=Path, help="write the markdown table here (default: stdout)")
     p.add_argument("--plot", type=Path, help="write a PNG of error vs bits per weight here")
-    p.add_argument("--formats", help="comma-separated formats (default: every weight format)")
+    p.add_argument("--formats", help="comma-separated formats (default: every weight format), "
+                   "each optionally with format options: fp4/scale=pow2")
     p.add_argument("--group-sizes", default="32,64,128", help="default 32,64,128")
     p.add_argument("--no-minilm", action="store_true",
                    help="synthetic weights only (no checkpoint needed; no timing column)")
@@ -242,7 +263,7 @@ def run(args: argparse.Namespace, command: str) -> int:
              [n for n in formats.names() if formats.get(n).role != "activation"])
     for n in names:
         try:
-            formats.get(n)
+            parse_entry(n)
         except QCompilerError as e:  # a bad flag value: usage error, listing the known names
             raise UsageError(f"--formats: {e}") from None
     wanted = parse_list(args.group_sizes, int, "group-sizes")

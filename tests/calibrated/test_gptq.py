@@ -100,7 +100,7 @@ def test_format_mismatch_warns_once_and_requantizes(mixed_program):
     assert set(mixed_program.meta["weight_plans"]) == {"mix", "proj"}
     run_pipeline(mixed_program, "lower-datatype{format=razer4,group-size=32}", ctx)
     warnings = [l for l in stream.getvalue().splitlines() if l.startswith("warning:")]
-    assert len(warnings) == 1 and "planned by gptq as int4 g32" in warnings[0]
+    assert len(warnings) == 1 and "was planned as int4 g32 by gptq" in warnings[0]
     assert all("planned_by" not in e for e in ctx.report["layers"])
     # the fp weight was quantized, not gptq's int4 values: same codes as razer4 of the original
     fmt = formats.get("razer4")

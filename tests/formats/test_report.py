@@ -57,3 +57,36 @@ def test_group_size_no_format_allows(capsys):
 def test_synthetic_weights_are_seeded(kind):
     a, b = report.synthetic(kind, (8, 32)), report.synthetic(kind, (8, 32))
     assert (a[0] == b[0]).all()
+
+
+def test_format_options_measure_a_variant_beside_the_format(capsys):
+    """`fp4/scale=pow2` rows: power-of-two scales cost error on Gaussian weights (measured
+    +32% at g64), and the row is the format's own quantize with that option."""
+    import torch
+
+    from qcompiler import formats
+
+    assert report.main(["--formats", "fp4,fp4/scale=pow2", "--group-sizes", "64",
+                        "--no-minilm"]) == 0
+    rows = {cells[0]: cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")]
+             for line in capsys.readouterr().out.splitlines() if line.startswith("| fp4"))}
+    plain, pow2 = float(rows["fp4"][3]), float(rows["fp4/scale=pow2"][3])
+    assert rows["fp4/scale=pow2"][2] == rows["fp4"][2] == "4.2500"  # scales stay fp16
+    assert 1.05 * plain < pow2 < 2 * plain
+    w = report.synthetic("gaussian")[0]
+    fmt = formats.get("fp4")
+    again = report.relative_error(fmt, [w], 64, {"scale": "pow2"})
+    assert f"{again:.4e}" == rows["fp4/scale=pow2"][3]
+    q = fmt.quantize(w[:4], 64, scale="pow2")
+    assert torch.equal(torch.log2(q.scales.float()), torch.log2(q.scales.float()).round())
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("fp4/scale", "'fp4/scale': options are written NAME/KEY=VALUE"),
+    ("int4/scale=pow2", "format 'int4' has no option 'scale'"),
+    ("fp4/scale=pow3", "option scale='pow3' is not one of fp16, pow2, pow2-row"),
+])
+def test_bad_format_option_is_a_usage_error(capsys, entry, message):
+    assert report.main(["--formats", entry, "--no-minilm"]) == 2
+    assert message in capsys.readouterr().err
