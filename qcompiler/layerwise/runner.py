@@ -114,8 +114,11 @@ def layerwise_batches(program: Program, ctx: PassContext) -> list[Any]:
     if not vocab:
         raise QCompilerError("a layer-wise compile without --calib needs the model's vocab_size "
                              "in config.json; give calibration text with --calib FILE")
-    ctx.log(f"calibration: {cfg.samples} random-token sequences (a layer-wise compile cannot "
-            "sample from the model; give --calib FILE for text)")
+    # a warning, not a note: the accuracy of every calibrated pass rests on this data, and a
+    # user who left out --calib on a small model got the model's own samples instead
+    ctx.warn(f"calibrating on {cfg.samples} random-token sequences: a layer-wise compile cannot "
+             "sample from the model; give --calib FILE (text like the model's inputs) for "
+             "better accuracy")
     tokenizer = program_tokenizer(program)
     out: list[Any] = []
     for i, length in enumerate(cfg.lengths()):

@@ -137,3 +137,16 @@ def test_unsupported_pipelines_say_how_to_fix_them(spec, message):
 
     with pytest.raises(QCompilerError, match=message):
         runner.split_pipeline(parse_pipeline(spec))
+
+
+def test_random_token_calibration_is_a_warning_that_names_calib(compiled, capsys):
+    """Without --calib a layer-wise compile calibrates on random tokens (it cannot sample from
+    the model): every calibrated pass's accuracy rests on that, so it is said by default."""
+    from qcompiler.cli.qcompile import main
+
+    hf = compiled["fp"].parent / "hf"
+    out = compiled["fp"].parent / "warned"
+    assert main([str(hf), "-p", SPEC, "-o", str(out), "--stream", "--calib-samples", "2",
+                 "--calib-seqlen", "16"]) == 0
+    assert ("warning: calibrating on 2 random-token sequences: a layer-wise compile cannot "
+            "sample from the model; give --calib FILE") in capsys.readouterr().err
