@@ -9,6 +9,8 @@ Methods (each a pipeline string, printed in the results file so every row can be
 - clip         per-group clipping search on the layer output error (calibration data)
 - rotate+gptq  QuaRot-style Hadamard rotation then GPTQ (BERT-style post-LN encoders cannot be
                rotated, so for them this is fold-norms + GPTQ, marked with `*`)
+- gptq         fold-norms + GPTQ without rotation (not in the default set: with rotate+gptq it
+               separates what rotation adds, per format)
 - w4a8         the best weight method plus FP8-E4M3 per-token activations (ZeroQuant-FP)
 - kv4          the best weight method plus a RaZeR 4-bit KV cache (decoders; groups of head_dim,
                one scale per token and head)
@@ -77,8 +79,8 @@ def weight_pipeline(method: str, fmt: str, group: int, rotatable: bool) -> str:
         return f"canonicalize,dce,{lowering(fmt, group, 'rtn')},dce"
     if method == "clip":
         return f"canonicalize,dce,fold-norms,clip{{{q},objective=output-mse}},{lowering(fmt, group)},dce"
-    if method == "rotate+gptq":
-        rotate = "rotate{kind=hadamard}," if rotatable else ""
+    if method in ("rotate+gptq", "gptq"):
+        rotate = "rotate{kind=hadamard}," if rotatable and method == "rotate+gptq" else ""
         return f"canonicalize,dce,fold-norms,{rotate}gptq{{{q}}},{lowering(fmt, group)},dce"
     raise ValueError(method)
 
@@ -184,7 +186,7 @@ def run(models, fmts, methods, samples: int, seq_len: int, calib_samples: int,
                                  "error": str(e), "pipeline": spec})
                     continue
                 metrics = mean_metrics(runs, rank)
-                if method in ("rtn", "clip", "rotate+gptq") and (
+                if method in ("rtn", "clip", "rotate+gptq", "gptq") and (
                         best_score is None or score(metrics, rank) < best_score):
                     best, best_score = method, score(metrics, rank)
                 rows.append({"model": model, "format": fmt, "group": group, "method": method,

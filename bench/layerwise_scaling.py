@@ -34,6 +34,15 @@ SHAPES = {"0.5B": (1536, 4096, 16, 12, 4, 32000), "1B": (2048, 8192, 16, 32, 8, 
 SHARD_BYTES = 2 << 30
 
 
+
+def rotated_max(fmt: str) -> str:
+    """F-max with the rotation whatever the format (razer4-max itself leaves it out now:
+    named_pipelines.UNROTATED_MAX): what the memory bound must hold for is the rotated path,
+    whose fold-norms and rotate are recorded and replayed per layer."""
+    q = f"format={fmt}"
+    return f"canonicalize,dce,fold-norms,rotate,gptq{{{q}}},lower-datatype{{{q}}},dce"
+
+
 def config(size: str, layers: int | None):
     import transformers
 
@@ -88,7 +97,6 @@ def child(size: str, fmt: str, samples: int, seqlen: int, layers: int | None,
 
     import qcompiler
     from qcompiler.calibration import CalibrationConfig
-    from qcompiler.named_pipelines import expand
 
     directory = write_checkpoint(size, layers)
     cfg = config(size, layers)
@@ -97,7 +105,7 @@ def child(size: str, fmt: str, samples: int, seqlen: int, layers: int | None,
     calib = CalibrationConfig(samples=samples, seqlen=seqlen, batches=batches)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         t0 = time.perf_counter()
-        result = qcompiler.compile(directory, pipeline=expand(f"{fmt}-max"), out=Path(tmp) / "a",
+        result = qcompiler.compile(directory, pipeline=rotated_max(fmt), out=Path(tmp) / "a",
                                    stream=True, quiet=True, calibration=calib,
                                    sequential=sequential)
         seconds = time.perf_counter() - t0
