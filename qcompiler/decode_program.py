@@ -84,6 +84,11 @@ def build_decode_program(program: Any, *, dequantize_weights: bool = False,
     decoder = _build(program, dequantize_weights)
     device = next(iter(program.gm.buffers()), torch.empty(0)).device
     retarget_graph(decoder.gm, device)  # graph constants (arange devices) follow the weights
+    if device.type == "cpu":  # eager: MoE experts on their routed tokens only (CUDA graphs
+        from qcompiler.routed_experts import enabled, route_experts  # cannot capture it)
+
+        if enabled():
+            route_experts(decoder.gm)
     if check:
         check_on_probe(program, decoder)
     return decoder

@@ -18,9 +18,11 @@ a constant of its own, `...experts.<e>.gate_up_proj.weight` [2I, H] (transposed 
 transposed once, biases likewise), so each expert is an ordinary linear that lower-datatype,
 GPTQ, clip, ... treat like any other, and the fused 3-D tensors disappear from the program.
 
-The price is compute, not accuracy: each token runs all E experts instead of its top k (E/k
-times the expert FLOPs: 4x for Mixtral's 8/top-2, 16x for Qwen3-MoE's 128/top-8). A routed
-quantized op would remove it; until then this is the route that exports, quantizes, saves and
+The price is compute, not accuracy: the stored graph runs all E experts on each token instead of
+its top k (E/k times the expert FLOPs: 4x for Mixtral's 8/top-2, 16x for Qwen3-MoE's
+128/top-8). The runtime's CPU graphs (forward and the decode program) run each expert on its
+routed tokens only (qcompiler/routed_experts.py, same logits to 1e-6); the CUDA decode path,
+which replays CUDA graphs, stays dense. This is the route that exports, quantizes, saves and
 loads without transformers. A calibration pass sees every token at every expert, unweighted by
 the router: llm-compressor's default too (`calibrate_all_experts=True`), because a small
 calibration set routes few or no tokens to some experts, and GPTQ on a Hessian of a handful of

@@ -38,6 +38,7 @@ class LoadedModel(torch.nn.Module):
         self.path = path
         self._kernels_loaded = False
         self._decoders: dict[tuple[str, bool], Any] = {}  # (device, dequantized) -> decoder
+        self._routed: list[Any] = []  # [graph with routed MoE experts or None], built on first use
 
     @property
     def kind(self) -> str:
@@ -74,6 +75,7 @@ class LoadedModel(torch.nn.Module):
     def to(self, *args: Any, **kwargs: Any) -> LoadedModel:
         """Move the buffers, and the device constants baked into the graph, to a device."""
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        self._routed = []  # built again for the new device (CPU only)
         super().to(*args, **kwargs)
         if device is not None:
             retarget_graph(self.gm, device)
@@ -85,7 +87,18 @@ class LoadedModel(torch.nn.Module):
         if input_ids.is_cuda and not self._kernels_loaded:
             self._load_kernels()
         with torch.no_grad():
-            return self.gm(input_ids.to(self.device))
+            return self._eager_graph()(input_ids.to(self.device))
+
+    def _eager_graph(self) -> Any:
+        """The graph forward() runs: on the CPU, MoE experts on their routed tokens only
+        (qcompiler/routed_experts.py), elsewhere the graph as stored."""
+        if self.device.type != "cpu":
+            return self.gm
+        if not self._routed:
+            from qcompiler.routed_experts import routed_copy
+
+            self._routed = [routed_copy(self.gm)]
+        return self._routed[0] or self.gm
 
     def decoder(self, dequantize_weights: bool | None = None) -> Any:
         """The KV-cache decode program (qcompiler/decode_program.py) for the current device, or
