@@ -5,10 +5,17 @@ at every call: exact, but on the CPU most of a decode step. `dequantize_linears(
 each weight once, with the op's own `dequantize_weight`, stores it as a buffer of `gm` (in the
 activation's dtype, as the op casts it) and calls `aten.linear` on it: the same numbers, at 4
 bytes per weight (float32) on top of the packed codes, which stay shared with the program.
+
+That is 8x the packed weights: a 7B model would want 28 GB. `fits_in_memory(gm)` says whether
+the dequantized weights take at most half the memory available now (MemAvailable); the CPU
+decode path dequantizes only then and otherwise keeps the quantized ops (slower steps, the same
+numbers), with a note. `QC_DEQUANTIZE_WEIGHTS=1` / `=0` decides instead.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +53,34 @@ def dequantize_linears(gm: fx.GraphModule) -> None:
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
+
+
+def dequantized_bytes(gm: fx.GraphModule) -> int:
+    """What `dequantize_linears` would add: 4 bytes per quantized weight (float32)."""
+    from qcompiler import ops
+
+    return sum(4 * int(n.kwargs["n"]) * int(n.kwargs["k"]) for n in gm.graph.nodes
+               if n.op == "call_function" and ops.format_of(n.target) is not None)
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fits_in_memory(gm: fx.GraphModule) -> bool:
+    """Whether to dequantize `gm`'s weights once (module docstring)."""
+    forced = os.environ.get("QC_DEQUANTIZE_WEIGHTS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    free = available_bytes()
+    return free is None or dequantized_bytes(gm) <= free // 2
 
 
 def _fetch(gm: torch.nn.Module, target: str) -> torch.Tensor:

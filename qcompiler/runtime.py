@@ -102,13 +102,14 @@ class LoadedModel(torch.nn.Module):
 
     def decoder(self, dequantize_weights: bool | None = None) -> Any:
         """The KV-cache decode program (qcompiler/decode_program.py) for the current device, or
-        None when the graph has none. `dequantize_weights` (default: on CPU) keeps float
-        weights dequantized once, 4 bytes per weight on top of the packed codes."""
+        None when the graph has none. `dequantize_weights` (default: on CPU, when half the
+        available memory holds them, qcompiler/dequantized_linears.py) keeps float weights
+        dequantized once, 4 bytes per weight on top of the packed codes."""
         from qcompiler.decode_program import DecodeUnsupported, build_decode_program
 
         device = self.device
         if dequantize_weights is None:
-            dequantize_weights = device.type == "cpu"
+            dequantize_weights = device.type == "cpu" and self._dequantized_weights_fit()
         key = (str(device), bool(dequantize_weights))
         if key not in self._decoders:
             if device.type == "cuda" and not self._kernels_loaded:
@@ -120,6 +121,18 @@ class LoadedModel(torch.nn.Module):
                 decoder = None
             self._decoders = {key: decoder}  # one at a time: a decoder may hold float weights
         return self._decoders[key]
+
+    def _dequantized_weights_fit(self) -> bool:
+        from qcompiler.dequantized_linears import dequantized_bytes, fits_in_memory
+
+        if fits_in_memory(self.gm):
+            return True
+        import sys
+
+        sys.stderr.write(f"note: decoding with the quantized weights: dequantized once they "
+                         f"would take {dequantized_bytes(self.gm) / 2**30:.1f} GiB, more than half "
+                         "the memory available (QC_DEQUANTIZE_WEIGHTS=1 forces it)\n")
+        return False
 
     def _load_kernels(self) -> None:
         self._kernels_loaded = True

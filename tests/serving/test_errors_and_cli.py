@@ -85,3 +85,30 @@ def test_run_errors(artifact, args, message, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""  # nothing printed before the error
     assert message in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_cpu_decoding_keeps_quantized_weights_when_dequantized_ones_would_not_fit(
+        tmp_path, monkeypatch, capsys):
+    """Dequantized once, weights take 4 bytes each (8x the packed codes): the CPU decode path
+    does that only when half the available memory holds them, and otherwise decodes with the
+    quantized ops: the same tokens, a note on stderr."""
+    from qcompiler import dequantized_linears
+
+    out = tmp_path / "a"
+    qcompiler.compile("zoo:llama-tiny", format="razer4", out=out, quiet=True)
+    ids = torch.tensor([[1, 17, 250, 3]])
+    roomy = qcompiler.load(out)
+    assert not any("linear_razer4" in str(n.target) for n in roomy.decoder().gm.graph.nodes)
+    want = roomy.generate(ids, max_new_tokens=5)
+    need = dequantized_linears.dequantized_bytes(roomy.gm)
+    assert need == 4 * sum(int(n.kwargs["n"]) * int(n.kwargs["k"]) for n in roomy.gm.graph.nodes
+                           if "linear_razer4" in str(n.target))
+    monkeypatch.setattr(dequantized_linears, "available_bytes", lambda: 2 * need - 1)
+    tight = qcompiler.load(out)
+    decoder = tight.decoder()
+    assert any("linear_razer4" in str(n.target) for n in decoder.gm.graph.nodes)
+    assert "note: decoding with the quantized weights" in capsys.readouterr().err
+    assert torch.equal(tight.generate(ids, max_new_tokens=5), want)
+    monkeypatch.setenv("QC_DEQUANTIZE_WEIGHTS", "1")
+    assert not any("linear_razer4" in str(n.target)
+                   for n in qcompiler.load(out).decoder().gm.graph.nodes)
