@@ -10,16 +10,14 @@ the format's default group size, the same default lower-datatype uses. A layer w
 group size does not divide is left alone (lower-datatype decides what happens to it, per its
 `on-indivisible` option).
 
-`scale` (ZeroQuant-FP's scale constraints, formats with a `scale` option: fp4, razer4) makes the
-group scales powers of two (`pow2`, M1) or a per-row real scale times powers of two (`pow2-row`,
-M2), so FP4 -> FP8 casting is a shift; every pass that quantizes a layer must be given the same
-value, as with `format` (`--scale` fills them all).
+`scale` (ZeroQuant-FP's scale constraints) is checked and turned into format options by
+passes/_scale_modes.py, which lower-datatype shares.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch.fx as fx
 
@@ -27,7 +25,6 @@ from qcompiler.errors import PassError, QCompilerError
 from qcompiler.program import Program
 
 DEFAULT_SKIP = ("lm_head", "*embed*", "*.lorc_*", "mlp.gate")
-ScaleMode = Literal["fp16", "pow2", "pow2-row"]
 
 
 @dataclass(frozen=True)
@@ -54,31 +51,6 @@ def weight_format(pass_name: str, name: str) -> Any:
         raise PassError(pass_name, f"'{name}' is an activation format; choose a weight format "
                         "(see 'qcompile formats')")
     return fmt
-
-
-def scale_options(pass_name: str, fmt: Any, scale: str | None,
-                  whole_rows: bool = True) -> dict[str, str]:
-    """The format options for the pass's `scale` ({} when unset or fp16: the default bytes), or
-    a one-line PassError when the format has no such option or the pass cannot keep it
-    (`whole_rows=False`: the pass quantizes a group at a time, and pow2-row needs the row)."""
-    if scale is None or scale == "fp16":
-        return {}
-    if "scale" not in dict(fmt.options):
-        from qcompiler import formats
-
-        have = [n for n in formats.names() if "scale" in dict(formats.get(n).options)]
-        raise PassError(pass_name, f"format {fmt.name} has no scale option; scale={scale} "
-                        f"applies to {', '.join(have)}")
-    if scale == "pow2-row" and not whole_rows:
-        raise PassError(pass_name, "scale=pow2-row shares one real scale per row, which a "
-                        "group-at-a-time quantizer cannot keep; use scale=pow2, or plan the "
-                        "layer with clip (its own search) or lower-datatype")
-    return {"scale": scale}
-
-
-def plan_scale(record: dict[str, Any]) -> str:
-    """The scale mode a weight plan was quantized with (fp16 when it has none)."""
-    return record["qtensor"].opts.get("scale", "fp16")
 
 
 def select_layers(pass_name: str, program: Program, fmt: Any, group_size: int | None,

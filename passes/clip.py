@@ -30,8 +30,8 @@ from qcompiler.formats import packing
 from qcompiler.formats.base import QTensor
 from qcompiler.formats.scale_search import ErrorMeasure
 from qcompiler.pass_registry import register_pass
-from qcompiler.passes._weight_common import (DEFAULT_SKIP, ScaleMode, scale_options,
-                                             select_layers, weight_format)
+from qcompiler.passes._scale_modes import ScaleMode, scale_options
+from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.weight_plan import original_weight, record_plan
 

@@ -37,8 +37,8 @@ from qcompiler.distributed import map_qtensors
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.gptq_core import OUTPUT_MSE, gptq_quantize
 from qcompiler.pass_registry import register_pass
-from qcompiler.passes._weight_common import (DEFAULT_SKIP, ScaleMode, scale_options,
-                                             select_layers, weight_format)
+from qcompiler.passes._scale_modes import ScaleMode, scale_options
+from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.weight_plan import original_weight, record_plan
 

@@ -28,8 +28,8 @@ import torch.fx as fx
 from qcompiler.errors import PassError, QCompilerError
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
-from qcompiler.passes._weight_common import (DEFAULT_SKIP, ScaleMode, plan_scale,
-                                             scale_options, select_layers, weight_format)
+from qcompiler.passes._scale_modes import ScaleMode, plan_scale, scale_options
+from qcompiler.passes._weight_common import DEFAULT_SKIP, select_layers, weight_format
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.weight_plan import original_weight, record_plan, valid_plan
 

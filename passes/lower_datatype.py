@@ -59,7 +59,7 @@ from qcompiler.errors import PassError, QCompilerError
 from qcompiler.ir.meta import infer_node_meta
 from qcompiler.pass_registry import register_pass
 from qcompiler.passes._fp_layers import unlowered_weights, warn_fp_layers
-from qcompiler.passes._weight_common import ScaleMode, plan_scale, scale_options
+from qcompiler.passes._scale_modes import ScaleMode, plan_scale, scale_options
 from qcompiler.passes_base import Pass, PassContext, PassResult
 from qcompiler.program import Program
 from qcompiler.weight_plan import describe, drop_plan, plans, valid_plan

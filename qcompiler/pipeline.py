@@ -216,7 +216,7 @@ def check_format_options(passes: list[Any]) -> None:
         except QCompilerError as e:
             raise UsageError(f"{p.name}: {e}") from None
         if getattr(p, "scale", None) is not None:
-            from qcompiler.passes._weight_common import scale_options
+            from qcompiler.passes._scale_modes import scale_options
 
             try:
                 scale_options(p.name, fmt, p.scale, getattr(p, "keeps_whole_rows", True))
