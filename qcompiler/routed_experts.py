@@ -178,6 +178,7 @@ def _rewrite(gm: fx.GraphModule, mul: fx.Node, out: fx.Node, weight: fx.Node,
         return False
     sub = fx.Graph()
     env = {x: sub.placeholder("x")}
+    env[x].meta = {k: v for k, v in x.meta.items() if k == "val"}  # its type, for the printer
     for node in members:
         for arg in node.all_input_nodes:
             if arg not in env and arg.op == "get_attr":

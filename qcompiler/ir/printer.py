@@ -73,6 +73,8 @@ def print_program(program: Any, tensors: str | None = None) -> str:
             continue
         if node.op == "output":
             lines.append(f"  qc.return {_operand(output.args[0], names)} : {sig_out}")
+        elif node.op == "get_attr" and isinstance(_attr(gm, str(node.target)), fx.GraphModule):
+            lines += _region_lines(names[node], str(node.target), _attr(gm, str(node.target)))
         elif node.op == "get_attr":
             lines.append(f'  %{names[node]} = qc.param {attr_str(str(node.target))} : '
                          f'{type_str(node)}' + _plan_attr(program, str(node.target)))
@@ -80,6 +82,36 @@ def print_program(program: Any, tensors: str | None = None) -> str:
             lines.append(_op_line(node, names))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _attr(gm: Any, target: str) -> Any:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _region_lines(name: str, target: str, sub: fx.GraphModule) -> list[str]:
+    """A graph held as an attribute (the runtime's routed MoE experts, qcompiler/
+    routed_experts.py) printed as a region: its arguments, its ops, what it yields. For reading
+    only: the text parser does not read regions back (no artifact stores one)."""
+    names = value_names(sub.graph)
+    args = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    output = next(n for n in sub.graph.nodes if n.op == "output")
+    sig = ", ".join(f"%{names[n]}: {type_str(n)}" for n in args)
+    lines = [f"  %{name} = qc.region {attr_str(target)} ({sig}) {{"]
+    for node in sub.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        if node.op == "get_attr":
+            lines.append(f"    %{names[node]} = qc.param {attr_str(str(node.target))} : "
+                         f"{type_str(node)}")
+        else:
+            lines.append("  " + _op_line(node, names))
+    lines.append(f"    qc.yield {_operand(output.args[0], names)} : "
+                 f"{_result_types(output.args[0])}")
+    lines.append("  }")
+    return lines
 
 
 def value_names(graph: fx.Graph) -> dict[fx.Node, str]:

@@ -100,3 +100,16 @@ def test_dense_models_are_left_alone():
 
     program = zoo.load("llama-tiny")
     assert routed_experts.routed_copy(program.gm) is None
+
+
+def test_the_decode_ir_shows_each_routed_expert_as_a_region(artifact, capsys):
+    from qcompiler.cli.run_cmd import main as run_main
+
+    assert run_main([str(artifact), "--print-decode-ir"]) == 0
+    text = capsys.readouterr().out
+    assert text.count(" = qc.region ") == LAYERS * EXPERTS
+    assert text.count("    qc.yield %") == LAYERS * EXPERTS
+    assert '(%x: tensor<?x' in text and "= py.routed_rows(" in text
+    # the experts' weights are read inside their regions, not by the function around them
+    assert not any(line.startswith("  %model_layers_0_mlp_experts_0_down_proj_codes = ")
+                   for line in text.splitlines())
