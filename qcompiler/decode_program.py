@@ -72,16 +72,19 @@ class DecodeProgram:
 
 
 def build_decode_program(program: Any, *, dequantize_weights: bool = False,
-                         check: bool = True) -> DecodeProgram:
+                         check: bool = True,
+                         weight_cache: dict[str, torch.Tensor] | None = None) -> DecodeProgram:
     """The KV-cache form of a causal-LM `Program` (module docstring); shares its tensors.
 
     `check` runs both on a seeded probe (PROBE_LEN tokens: a prefill, then one token at a time)
     and raises DecodeUnsupported unless the logits agree to PROBE_RTOL: an architecture the
-    rewrite gets wrong falls back to the uncached loop instead of generating wrong tokens."""
+    rewrite gets wrong falls back to the uncached loop instead of generating wrong tokens.
+    `weight_cache`: dequantized weights shared with the model's other graphs
+    (qcompiler/dequantized_linears.py)."""
     from qcompiler.decode_check import check_on_probe
     from qcompiler.devices import retarget_graph
 
-    decoder = _build(program, dequantize_weights)
+    decoder = _build(program, dequantize_weights, weight_cache)
     device = next(iter(program.gm.buffers()), torch.empty(0)).device
     retarget_graph(decoder.gm, device)  # graph constants (arange devices) follow the weights
     if device.type == "cpu":  # eager: MoE experts on their routed tokens only (CUDA graphs
@@ -94,7 +97,8 @@ def build_decode_program(program: Any, *, dequantize_weights: bool = False,
     return decoder
 
 
-def _build(program: Any, dequantize_weights: bool) -> DecodeProgram:
+def _build(program: Any, dequantize_weights: bool,
+           weight_cache: dict[str, torch.Tensor] | None = None) -> DecodeProgram:
     if getattr(program, "kind", None) != "causal-lm":
         raise DecodeUnsupported("only causal language models have a KV-cache decode path")
     graph = fx.Graph()
@@ -135,7 +139,7 @@ def _build(program: Any, dequantize_weights: bool) -> DecodeProgram:
     graph.eliminate_dead_code()
     gm = fx.GraphModule(program.gm, graph)
     if dequantize_weights:
-        dequantize_linears(gm)
+        dequantize_linears(gm, weight_cache)
     gm.graph.lint()
     gm.recompile()
     names = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")

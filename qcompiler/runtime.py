@@ -5,7 +5,9 @@ weights.safetensors back by name and wraps the result in a `LoadedModel`, an `nn
 `model(input_ids)` returns logits (decoders) or the last hidden state (encoders), `model.to("cuda")`
 moves every buffer, and the `qc.linear_*` ops pick their implementation by device: the reference
 (dequantize, then matmul) on CPU, the generated Triton kernels of `OUT/kernels` on CUDA when the
-codegen package is installed.
+codegen package is installed. On the CPU, forward() runs a copy of the graph whose weights are
+dequantized once where memory allows (qcompiler/dequantized_linears.py) and whose MoE experts
+run on their routed tokens (qcompiler/routed_experts.py); `model.gm` stays the stored graph.
 
 `generate` (qcompiler/generation.py) decodes with a static KV cache through the decode program
 (qcompiler/decode_program.py), which `LoadedModel.decoder()` derives from the loaded graph on
@@ -38,7 +40,9 @@ class LoadedModel(torch.nn.Module):
         self.path = path
         self._kernels_loaded = False
         self._decoders: dict[tuple[str, bool], Any] = {}  # (device, dequantized) -> decoder
-        self._routed: list[Any] = []  # [graph with routed MoE experts or None], built on first use
+        self._eager: list[Any] = []  # [the CPU forward graph], built on first use
+        self._dequantized: dict[str, torch.Tensor] = {}  # shared by the CPU graphs
+        self._fits: bool | None = None  # whether dequantized weights fit (decided once)
 
     @property
     def kind(self) -> str:
@@ -75,7 +79,7 @@ class LoadedModel(torch.nn.Module):
     def to(self, *args: Any, **kwargs: Any) -> LoadedModel:
         """Move the buffers, and the device constants baked into the graph, to a device."""
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        self._routed = []  # built again for the new device (CPU only)
+        self._eager, self._dequantized, self._fits = [], {}, None  # the CPU graphs' state
         super().to(*args, **kwargs)
         if device is not None:
             retarget_graph(self.gm, device)
@@ -90,15 +94,25 @@ class LoadedModel(torch.nn.Module):
             return self._eager_graph()(input_ids.to(self.device))
 
     def _eager_graph(self) -> Any:
-        """The graph forward() runs: on the CPU, MoE experts on their routed tokens only
-        (qcompiler/routed_experts.py), elsewhere the graph as stored."""
+        """The graph forward() runs. On the CPU: quantized weights dequantized once when half
+        the available memory holds them (the same numbers; qcompiler/dequantized_linears.py,
+        shared with the decode program), MoE experts on their routed tokens only
+        (qcompiler/routed_experts.py). Elsewhere the graph as stored."""
         if self.device.type != "cpu":
             return self.gm
-        if not self._routed:
-            from qcompiler.routed_experts import routed_copy
+        if not self._eager:
+            from qcompiler.dequantized_linears import dequantized_copy
+            from qcompiler.routed_experts import enabled, route_experts
 
-            self._routed = [routed_copy(self.gm)]
-        return self._routed[0] or self.gm
+            gm = self.gm
+            if self._dequantized_weights_fit():
+                gm = dequantized_copy(gm, self._dequantized)
+            if enabled():
+                routed = gm if gm is not self.gm else fx_copy(gm)
+                if route_experts(routed):
+                    gm = routed
+            self._eager = [gm]
+        return self._eager[0]
 
     def decoder(self, dequantize_weights: bool | None = None) -> Any:
         """The KV-cache decode program (qcompiler/decode_program.py) for the current device, or
@@ -116,23 +130,27 @@ class LoadedModel(torch.nn.Module):
                 self._load_kernels()
             try:
                 decoder = build_decode_program(self.program,
-                                               dequantize_weights=dequantize_weights)
+                                               dequantize_weights=dequantize_weights,
+                                               weight_cache=self._dequantized)
             except DecodeUnsupported:
                 decoder = None
             self._decoders = {key: decoder}  # one at a time: a decoder may hold float weights
         return self._decoders[key]
 
     def _dequantized_weights_fit(self) -> bool:
+        """Decided once per device: the forward graph and the decode program share the copy."""
         from qcompiler.dequantized_linears import dequantized_bytes, fits_in_memory
 
-        if fits_in_memory(self.gm):
-            return True
-        import sys
+        if self._fits is None:
+            self._fits = fits_in_memory(self.gm)
+            if not self._fits:
+                import sys
 
-        sys.stderr.write(f"note: decoding with the quantized weights: dequantized once they "
-                         f"would take {dequantized_bytes(self.gm) / 2**30:.1f} GiB, more than half "
-                         "the memory available (QC_DEQUANTIZE_WEIGHTS=1 forces it)\n")
-        return False
+                sys.stderr.write(f"note: running with the quantized weights: dequantized once "
+                                 f"they would take {dequantized_bytes(self.gm) / 2**30:.1f} GiB, "
+                                 "more than half the memory available (QC_DEQUANTIZE_WEIGHTS=1 "
+                                 "forces it)\n")
+        return self._fits
 
     def _load_kernels(self) -> None:
         self._kernels_loaded = True
@@ -199,6 +217,15 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
     program.gm.recompile()
     model = LoadedModel(program, manifest, directory).eval()
     return model.to(device) if device is not None else model
+
+
+def fx_copy(gm: Any) -> Any:
+    """A copy of a GraphModule's graph over the same tensors."""
+    import copy
+
+    import torch.fx as fx
+
+    return fx.GraphModule(gm, copy.deepcopy(gm.graph))
 
 
 def move_program(program: Program, device: str | torch.device) -> Program:

@@ -107,8 +107,28 @@ def test_cpu_decoding_keeps_quantized_weights_when_dequantized_ones_would_not_fi
     tight = qcompiler.load(out)
     decoder = tight.decoder()
     assert any("linear_razer4" in str(n.target) for n in decoder.gm.graph.nodes)
-    assert "note: decoding with the quantized weights" in capsys.readouterr().err
+    assert "note: running with the quantized weights" in capsys.readouterr().err
     assert torch.equal(tight.generate(ids, max_new_tokens=5), want)
     monkeypatch.setenv("QC_DEQUANTIZE_WEIGHTS", "1")
     assert not any("linear_razer4" in str(n.target)
                    for n in qcompiler.load(out).decoder().gm.graph.nodes)
+
+
+def test_cpu_forward_uses_weights_dequantized_once_and_shares_them_with_the_decoder(tmp_path):
+    """forward() on the CPU runs aten.linear on weights dequantized once (bit-identical to the
+    stored graph's quantized ops, which dequantize at every call), the same tensors the decode
+    program uses: one dequantized copy per model."""
+    out = tmp_path / "a"
+    qcompiler.compile("zoo:llama-tiny", format="razer4", out=out, quiet=True)
+    model = qcompiler.load(out)
+    ids = torch.tensor([[1, 17, 250, 3, 99, 42]])
+    with torch.no_grad():
+        assert torch.equal(model(ids), model.gm(ids))
+    eager = model._eager_graph()
+    assert not any("linear_razer4" in str(n.target) for n in eager.graph.nodes)
+    decoder = model.decoder()
+    eager_weights = {t.data_ptr() for name, t in eager.named_buffers()
+                     if name.endswith("_dequantized_weight")}
+    decoder_weights = {t.data_ptr() for name, t in decoder.gm.named_buffers()
+                       if name.endswith("_dequantized_weight")}
+    assert eager_weights and eager_weights == decoder_weights
