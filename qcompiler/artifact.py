@@ -361,13 +361,18 @@ def size_summary(weights_bytes: int, parameters: int | None) -> dict[str, Any]:
 
 
 def size_line(summary: dict[str, Any]) -> str:
-    """'1.23 MB, 4.51 bits/parameter (fp16 checkpoint 4.36 MB: 3.5x smaller)' from a summary."""
+    """'1.23 MB, 4.51 bits/parameter (fp16 checkpoint 4.36 MB: 3.5x smaller)' from a summary;
+    'larger' (with what to do) when the tensors kept in fp outweigh the saving, as a float32
+    checkpoint's embedding table does."""
     mb = summary["weights_bytes"] / 1e6
     if not summary.get("parameters"):
         return f"{mb:.2f} MB of weights"
     fp16 = summary["fp16_bytes"] / 1e6
-    return (f"{mb:.2f} MB, {summary['bits_per_parameter']:.2f} bits/parameter (fp16 checkpoint "
-            f"{fp16:.2f} MB: {fp16 / mb:.1f}x smaller)")
+    head = f"{mb:.2f} MB, {summary['bits_per_parameter']:.2f} bits/parameter (fp16 checkpoint"
+    if mb <= fp16:
+        return f"{head} {fp16:.2f} MB: {fp16 / mb:.1f}x smaller)"
+    return (f"{head} {fp16:.2f} MB: {mb / fp16:.1f}x larger: the tensors kept in fp stay in the "
+            "checkpoint's dtype; --quantize-embeddings stores embedding tables as int8 rows)")
 
 
 def _deterministic_report(report: dict[str, Any], pipeline: str, format: str) -> dict[str, Any]:
