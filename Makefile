@@ -22,8 +22,11 @@ venv: $(STAMP)
 # The real models of the zoo (zoo:smollm2-135m); `make test` installs them too.
 models: $(STAMP)
 
+# MiniLM's checkpoint is float32 and a third of it is the token embedding table: int8 rows
+# (--quantize-embeddings) take the artifact from 117% to 39% of the fp16 checkpoint for 0.0007
+# of embedding cosine
 demo: $(STAMP)
-	$(BIN)/qcompile zoo:minilm --format razer4 -o out/minilm-razer4 --force
+	$(BIN)/qcompile zoo:minilm --format razer4 --quantize-embeddings -o out/minilm-razer4 --force
 	$(BIN)/qcompile eval out/minilm-razer4 --reference zoo:minilm
 
 test: $(STAMP)
