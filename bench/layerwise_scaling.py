@@ -36,9 +36,9 @@ SHARD_BYTES = 2 << 30
 
 
 def rotated_max(fmt: str) -> str:
-    """F-max with the rotation whatever the format (razer4-max itself leaves it out now:
-    named_pipelines.UNROTATED_MAX): what the memory bound must hold for is the rotated path,
-    whose fold-norms and rotate are recorded and replayed per layer."""
+    """F-max written out (fold-norms, rotate, GPTQ), so that the memory bound is measured on the
+    rotated path, whose fold-norms and rotate are recorded and replayed per layer, whatever the
+    named pipeline becomes."""
     q = f"format={fmt}"
     return f"canonicalize,dce,fold-norms,rotate,gptq{{{q}}},lower-datatype{{{q}}},dce"
 

@@ -62,34 +62,19 @@ def all_pipelines() -> dict[str, tuple[str, str]]:
     return dict(sorted(out.items()))
 
 
-# Formats whose `F-max` leaves the rotation out. With GPTQ's defaults (act-order, output-error
-# group scales) rotating gained these grids nothing on either real decoder measured and cost
-# them accuracy on one or both, while it helped the uniform grids (int4, int4-sym, int3), nf4
-# and the 2-3-bit ones (means of the calibration seeds, spread = max - min):
-#   SmolLM2-135M perplexity, gptq -> rotate+gptq (bench/results/accuracy-smollm2.md, 3 / 2
-#   seeds): razer4 32.86 -> 33.43 (spreads 0.06 / 1.40), fp4 33.39 -> 34.14 (0.88 / 0.32),
-#   nvfp4 32.73 -> 33.42 (0.52 / 0.30), nvfp4-razer 32.08 -> 32.76 (0.36 / 0.34), pot4
-#   38.90 -> 44.83 (0.42 / 1.28);
-#   stories260k KL (bench/results/accuracy-rotation.md, 3 seeds): razer4 1.442 -> 1.469
-#   (spreads 0.064 / 0.053), fp4 1.780 -> 1.771 (0.042 / 0.029), nvfp4 1.541 -> 1.571
-#   (0.033 / 0.055), nvfp4-razer 1.209 -> 1.265 (0.046 / 0.047), pot4 2.966 -> 3.069
-#   (0.032 / 0.060).
-# So razer4's losses are each inside the seeds' spread, but no real model gained; the rotation
-# helps it only on random-init (Gaussian) weights. mxfp4 and dint4 lost on SmolLM2 and gained
-# on stories260k: they keep it. The W4A8 recipes keep it for every format (it is there for the
-# activations' outliers).
-UNROTATED_MAX = frozenset({"razer4", "fp4", "nvfp4", "nvfp4-razer", "pot4"})
-
-
 def paper_pipelines(fmt: str) -> dict[str, tuple[str, str]]:
     """The recipes of the papers, per weight format (`razer4-max`, `pot4-refine`, ...).
 
     - `F-clip`: the per-group clipping search on the layer output error (calibration data),
       after folding the norms: what RaZeR and AWQ-style RTN baselines do.
-    - `F-max`: the most accurate weight-only recipe measured for the format: QuaRot rotation
-      of the residual stream, then GPTQ with the format's own quantizer (Llama-family graphs;
-      others say why not), except for the formats in UNROTATED_MAX, where GPTQ runs on the
-      unrotated weights (see there).
+    - `F-max`: QuaRot rotation of the residual stream, then GPTQ with the format's own
+      quantizer (Llama-family graphs; others say why not). With small calibration sets
+      (16 x 512 tokens on SmolLM2-135M, 16 x 64 on stories260k) GPTQ alone did better for the
+      FP grids and pot4 (bench/results/accuracy-rotation.md, accuracy-smollm2.md); at 128 x 512
+      calibration tokens razer4 with rotation ties GPTQ alone (32.43 ±0.32 vs 32.31 ±0.09),
+      fp4 still loses, int4 gains (accuracy-smollm2-spec.md): the evidence moves with the
+      calibration size, so the recipe keeps the paper's rotation for every format. `--pipeline 'fold-norms,gptq,lower-datatype'`
+      with `--format` is GPTQ alone.
     - `F-w4a8`: F-max plus FP8-E4M3 per-token activations (ZeroQuant-FP's W4A8).
     - `potN-refine`: the PoT paper's two steps, robust init then scale refinement on
       calibration data.
@@ -110,10 +95,6 @@ def paper_pipelines(fmt: str) -> dict[str, tuple[str, str]]:
         f"{fmt}-max": (f"canonicalize,dce,fold-norms,rotate,gptq{{{q}}},{lower},dce",
                        f"{fmt} after Hadamard rotation and GPTQ (Llama-family models)"),
     }
-    if fmt in UNROTATED_MAX:
-        out[f"{fmt}-max"] = (f"canonicalize,dce,fold-norms,gptq{{{q}}},{lower},dce",
-                             f"{fmt} with GPTQ, unrotated (rotation cost this grid accuracy on "
-                             "real models: bench/results/accuracy-rotation.md)")
     if f.bits == 4:
         out[f"{fmt}-w4a8"] = (f"canonicalize,dce,fold-norms,rotate,gptq{{{q}}},{lower},"
                               "quantize-act{format=fp8-e4m3},dce",
