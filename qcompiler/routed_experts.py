@@ -66,8 +66,13 @@ def routed_copy(gm: fx.GraphModule) -> fx.GraphModule | None:
     """A copy of `gm` (sharing its tensors) with its experts routed, or None when it has none."""
     if not enabled():
         return None
-    routed = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    routed = copy_graph_module(gm)
     return routed if route_experts(routed) else None
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `gm`'s graph over the same tensors (what a runtime rewrite works on)."""
+    return fx.GraphModule(gm, copy.deepcopy(gm.graph))
 
 
 def route_experts(gm: fx.GraphModule) -> int:

@@ -102,13 +102,13 @@ class LoadedModel(torch.nn.Module):
             return self.gm
         if not self._eager:
             from qcompiler.dequantized_linears import dequantized_copy
-            from qcompiler.routed_experts import enabled, route_experts
+            from qcompiler.routed_experts import copy_graph_module, enabled, route_experts
 
             gm = self.gm
             if self._dequantized_weights_fit():
                 gm = dequantized_copy(gm, self._dequantized)
             if enabled():
-                routed = gm if gm is not self.gm else fx_copy(gm)
+                routed = gm if gm is not self.gm else copy_graph_module(gm)
                 if route_experts(routed):
                     gm = routed
             self._eager = [gm]
@@ -217,15 +217,6 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None,
     program.gm.recompile()
     model = LoadedModel(program, manifest, directory).eval()
     return model.to(device) if device is not None else model
-
-
-def fx_copy(gm: Any) -> Any:
-    """A copy of a GraphModule's graph over the same tensors."""
-    import copy
-
-    import torch.fx as fx
-
-    return fx.GraphModule(gm, copy.deepcopy(gm.graph))
 
 
 def move_program(program: Program, device: str | torch.device) -> Program:
